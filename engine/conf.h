@@ -1,0 +1,120 @@
+/* conf: the configuration language (OpenSMTPD style, see conf/README).
+ *
+ * A parsed config is an immutable snapshot: the daemon builds a new one on
+ * reload and swaps a pointer, sessions keep the one they started with. */
+#ifndef MXD_CONF_H
+#define MXD_CONF_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "buf.h"
+
+enum conf_listener_flag {
+	CONF_LISTEN_TLS = 1 << 0,         /* offer STARTTLS */
+	CONF_LISTEN_TLS_REQUIRE = 1 << 1, /* STARTTLS offered and required */
+	CONF_LISTEN_SMTPS = 1 << 2,       /* implicit TLS (RFC 8314) */
+	CONF_LISTEN_AUTH = 1 << 3,        /* AUTH offered inside TLS */
+	CONF_LISTEN_VERIFY = 1 << 4,      /* request a client certificate */
+};
+
+struct conf_listener {
+	char *addr_text;                  /* as written: "127.0.0.1", "::1" */
+	struct sockaddr_storage addr;     /* with the port set */
+	socklen_t addr_len;
+	uint16_t port;
+	unsigned flags;                   /* CONF_LISTEN_* */
+	char *pki;                        /* pki name or NULL */
+	char *auth_table;                 /* table name for auth <t>, or NULL */
+	char *hostname;                   /* "hostname NAME" option, or NULL */
+	int line, col;
+};
+
+struct conf_pki {
+	char *name;
+	char *cert;                       /* paths, or NULL when not given */
+	char *key;
+	char *ca;
+	int line, col;
+};
+
+enum conf_table_kind { CONF_TABLE_LIST, CONF_TABLE_FILE };
+
+struct conf_table {
+	char *name;
+	enum conf_table_kind kind;
+	char *path;                       /* CONF_TABLE_FILE: as written */
+	/* Entries: for a list, the items; for a file, each non-empty,
+	 * non-comment line's first field is the key and the rest (trimmed)
+	 * the value (e.g. "user $6$hash"). Files are read at parse time. */
+	char **keys;
+	char **values;                    /* NULL entry when no value */
+	size_t n;
+	int line, col;
+};
+
+enum conf_from { CONF_FROM_ANY, CONF_FROM_LOCAL, CONF_FROM_AUTHENTICATED, CONF_FROM_TABLE };
+enum conf_for { CONF_FOR_ANY, CONF_FOR_DOMAIN };
+
+struct conf_rule {
+	enum conf_from from;
+	char *from_table;                 /* CONF_FROM_TABLE: table of addresses/CIDRs */
+	enum conf_for for_what;
+	char *domain_table;               /* CONF_FOR_DOMAIN */
+	char *recipient_table;            /* "recipient <t>", or NULL */
+	int line, col;
+};
+
+/* RFC 5321 4.5.3.2 timeouts, in milliseconds. */
+struct conf_timeouts {
+	uint32_t greeting;                /* "timeout greeting": not used by the server side */
+	uint32_t command;                 /* waiting for a command: 5 min */
+	uint32_t data_init;               /* after 354, first content: 2 min */
+	uint32_t data_block;              /* between content reads: 3 min */
+	uint32_t data_term;               /* not waiting on the client (commit): 10 min */
+	uint32_t drain;                   /* SIGTERM: finish transactions up to this */
+};
+
+struct conf {
+	char *path;                       /* file it came from */
+	char *hostname;                   /* "hostname NAME"; default gethostname() at load */
+	struct conf_listener *listeners;
+	size_t nlisteners;
+	struct conf_pki *pkis;
+	size_t npkis;
+	struct conf_table *tables;
+	size_t ntables;
+	struct conf_rule *rules;
+	size_t nrules;
+
+	uint64_t max_message_size;        /* default 35M */
+	uint32_t max_recipients;          /* default 1000 */
+	uint32_t max_connections;         /* default 10000 */
+	uint32_t max_connections_per_client; /* default 100 */
+	uint32_t max_errors;              /* default 10 */
+	uint32_t max_line_length;         /* default 2048 */
+	bool accept_bare_newlines;        /* "bare-newlines accept|reject", default reject */
+	struct conf_timeouts timeouts;
+	char *spool_dir;                  /* default "var/spool" */
+	uint32_t cores;                   /* 0 = auto */
+	uint64_t segment_size;            /* "segment-size", default 256M */
+};
+
+/* Parse text (name is used in error messages). Table files and relative
+ * paths are resolved against the current directory. On error returns NULL
+ * and appends "NAME:LINE:COL: message\n" for each error to errs. */
+struct conf *conf_parse(const char *name, const char *text, size_t len, struct buf *errs);
+struct conf *conf_load(const char *path, struct buf *errs);
+void conf_free(struct conf *c);
+
+const struct conf_table *conf_table_find(const struct conf *c, const char *name);
+const struct conf_pki *conf_pki_find(const struct conf *c, const char *name);
+
+/* "35M" "1G" "512k" "1000" → bytes; -1 on syntax error or overflow. */
+int conf_parse_size(const char *s, uint64_t *out);
+/* "5m" "30s" "2h" "1500ms" → milliseconds; -1 on error. */
+int conf_parse_duration(const char *s, uint32_t *out_ms);
+
+#endif

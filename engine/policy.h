@@ -1,0 +1,36 @@
+/* policy: acceptance rules compiled from a config snapshot.
+ *
+ * Pure and read-only once built, so every core can use the same object
+ * without locks. Rules are tried first to last; the first whose "from" and
+ * "for" match the recipient decides. */
+#ifndef MXD_POLICY_H
+#define MXD_POLICY_H
+
+#include <stdbool.h>
+
+#include "buf.h"
+#include "conf.h"
+#include "smtp.h"
+
+struct policy;
+
+enum policy_verdict {
+	POLICY_ACCEPT = 0,
+	POLICY_RELAY_DENIED,   /* no rule accepts: 554 5.7.1 */
+	POLICY_UNKNOWN_USER,   /* our domain, not in its recipient table: 550 5.1.1 */
+};
+
+/* NULL on error (unknown table, bad CIDR), with messages "FILE:LINE:COL: ..."
+ * appended to errs. */
+struct policy *policy_build(const struct conf *c, struct buf *errs);
+void policy_free(struct policy *p);
+
+/* rcpt is the mailbox without <> ("user@example.com" or "postmaster"). */
+enum policy_verdict policy_check_rcpt(const struct policy *p, const struct smtp_peer *peer,
+				      const char *rcpt);
+
+/* Does addr (a client address) match a table of addresses and CIDRs? */
+bool policy_addr_in_table(const struct policy *p, const char *table,
+			  const struct sockaddr_storage *addr);
+
+#endif
