@@ -1,0 +1,592 @@
+#include "conn.h"
+
+#include <arpa/inet.h>
+#include <assert.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "clients.h"
+#include "core.h"
+#include "log.h"
+
+/* Past this much unprocessed input (a client pipelining far ahead while its
+ * message is being committed) the connection stops reading until the
+ * session has caught up: memory per session stays bounded. */
+#define INBUF_PAUSE_AT (256 * 1024)
+/* A closing connection gets this long to take its last reply. */
+#define CLOSE_LINGER_MS 10000
+/* Buffers above this are returned to the allocator after use, so an idle
+ * session does not keep the memory of its largest reply or message. */
+#define IDLE_BUFFER_KEEP 4096
+/* Accepted-message log lines name at most this many recipients. */
+#define LOG_RCPTS_MAX 5
+
+static void conn_flush(struct conn *c);
+static void conn_pump(struct conn *c);
+static void conn_maybe_finish(struct conn *c);
+
+static const struct conf *conn_conf(const struct conn *c)
+{
+	return c->view->snap->conf;
+}
+
+static uint64_t wall_clock_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* ---- pool ---- */
+
+static struct conn *conn_alloc(struct core *core, uint32_t line_cap)
+{
+	while (core->free_conns) {
+		struct conn *c = core->free_conns;
+		core->free_conns = c->next;
+		core->nfree--;
+		if (c->line_cap == line_cap) {
+			memset(c, 0, sizeof *c);
+			c->line_cap = line_cap;
+			return c;
+		}
+		free(c); /* made for another max-line-length */
+	}
+	struct conn *c = calloc(1, sizeof *c + line_cap);
+	if (c)
+		c->line_cap = line_cap;
+	return c;
+}
+
+static void conn_release(struct conn *c)
+{
+	struct core *core = c->core;
+	buf_free(&c->out);
+	buf_free(&c->sending);
+	buf_free(&c->inbuf);
+	c->next = core->free_conns;
+	core->free_conns = c;
+	core->nfree++;
+}
+
+void conn_free_pool(struct core *core)
+{
+	while (core->free_conns) {
+		struct conn *c = core->free_conns;
+		core->free_conns = c->next;
+		free(c);
+	}
+	core->nfree = 0;
+}
+
+static void conn_link(struct core *core, struct conn *c)
+{
+	c->prev = NULL;
+	c->next = core->conns;
+	if (core->conns)
+		core->conns->prev = c;
+	core->conns = c;
+	core->nconns++;
+}
+
+static void conn_unlink(struct core *core, struct conn *c)
+{
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		core->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	core->nconns--;
+}
+
+/* ---- config views ---- */
+
+static void view_put(struct core *core, struct core_view *v)
+{
+	assert(v->sessions > 0);
+	if (--v->sessions > 0 || v == core->view)
+		return;
+	struct core_view **p = &core->old_views;
+	while (*p && *p != v)
+		p = &(*p)->next;
+	if (*p)
+		*p = v->next;
+	snapshot_release(v->snap);
+	free(v);
+}
+
+/* ---- peer ---- */
+
+static bool address_is_loopback(const struct sockaddr_storage *ss)
+{
+	if (ss->ss_family == AF_INET) {
+		const struct sockaddr_in *in = (const struct sockaddr_in *)ss;
+		return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+	}
+	if (ss->ss_family == AF_INET6) {
+		const struct in6_addr *a = &((const struct sockaddr_in6 *)ss)->sin6_addr;
+		if (IN6_IS_ADDR_LOOPBACK(a))
+			return true;
+		return IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127;
+	}
+	return false;
+}
+
+static int peer_fill(struct smtp_peer *p, int fd)
+{
+	memset(p, 0, sizeof *p);
+	p->addr_len = sizeof p->addr;
+	if (getpeername(fd, (struct sockaddr *)&p->addr, &p->addr_len) < 0)
+		return -1;
+	if (p->addr.ss_family == AF_INET) {
+		const struct sockaddr_in *in = (const struct sockaddr_in *)&p->addr;
+		inet_ntop(AF_INET, &in->sin_addr, p->addr_str, sizeof p->addr_str);
+		p->port = ntohs(in->sin_port);
+	} else if (p->addr.ss_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&p->addr;
+		inet_ntop(AF_INET6, &in6->sin6_addr, p->addr_str, sizeof p->addr_str);
+		p->port = ntohs(in6->sin6_port);
+	} else {
+		snprintf(p->addr_str, sizeof p->addr_str, "unknown");
+	}
+	p->is_local = address_is_loopback(&p->addr);
+	return 0;
+}
+
+/* ---- logging hooks ---- */
+
+static void log_reject(void *ctx, const char *command, const char *reply)
+{
+	struct conn *c = ctx;
+	log_info("session=%s reject client=%s command=%s reply=\"%s\"", c->sid, c->peer.addr_str,
+		 command ? command : "-", reply);
+}
+
+static void log_accepted(struct conn *c)
+{
+	const struct smtp_envelope *env = &c->smtp.env;
+	char rcpts[1024];
+	size_t used = 0;
+	rcpts[0] = '\0';
+	for (uint32_t i = 0; i < env->nrcpt && i < LOG_RCPTS_MAX; i++) {
+		int n = snprintf(rcpts + used, sizeof rcpts - used, "%s<%s>", i ? "," : "",
+				 env->rcpts[i].addr);
+		if (n < 0 || (size_t)n >= sizeof rcpts - used)
+			break;
+		used += (size_t)n;
+	}
+	log_info("session=%s accepted id=%s client=%s from=<%s> nrcpt=%u rcpt=%s%s size=%zu%s%s%s%s",
+		 c->sid, c->message_id, c->peer.addr_str, env->mail_from ? env->mail_from : "",
+		 env->nrcpt, rcpts, env->nrcpt > LOG_RCPTS_MAX ? ",..." : "", c->smtp.body.len,
+		 c->peer.tls ? " tls=" : "", c->peer.tls ? c->peer.tls_version : "",
+		 c->peer.tls ? " cipher=" : "", c->peer.tls ? c->peer.tls_cipher : "");
+}
+
+/* ---- deadlines ---- */
+
+static void conn_set_deadline(struct conn *c)
+{
+	const struct conf_timeouts *t = &conn_conf(c)->timeouts;
+	if (c->closing) {
+		c->deadline_ms = c->core->now_ms + CLOSE_LINGER_MS;
+		return;
+	}
+	switch (smtp_waiting_for(&c->smtp)) {
+	case SMTP_WAIT_COMMAND:
+		c->deadline_ms = c->core->now_ms + t->command;
+		break;
+	case SMTP_WAIT_DATA_BLOCK:
+		c->deadline_ms = c->core->now_ms + t->data_block;
+		break;
+	case SMTP_WAIT_COMMIT:
+		c->deadline_ms = 0; /* waiting on us, not on the client */
+		break;
+	case SMTP_WAIT_CLOSED:
+		c->deadline_ms = c->core->now_ms + CLOSE_LINGER_MS;
+		break;
+	}
+}
+
+/* ---- closing ---- */
+
+static void conn_close_after_flush(struct conn *c, const char *reason)
+{
+	if (c->closing)
+		return;
+	c->closing = true;
+	c->close_reason = reason;
+	c->deadline_ms = c->core->now_ms + CLOSE_LINGER_MS;
+}
+
+/* The client is gone or broke the protocol beyond repair: nothing more
+ * will be sent to it. */
+static void conn_abort(struct conn *c, const char *reason)
+{
+	conn_close_after_flush(c, reason);
+	buf_reset(&c->out);
+	buf_reset(&c->inbuf);
+	if (!c->shut) {
+		shutdown(c->fd, SHUT_RDWR);
+		c->shut = true;
+	}
+}
+
+static void conn_finish(struct conn *c)
+{
+	struct core *core = c->core;
+	close(c->fd);
+	log_info("session=%s close client=%s reason=%s messages=%u duration_ms=%llu", c->sid,
+		 c->peer.addr_str, c->close_reason ? c->close_reason : "-", c->smtp.messages,
+		 (unsigned long long)(core->now_ms - c->opened_ms));
+	if (c->admitted) {
+		clients_release(&c->peer.addr);
+		smtp_session_free(&c->smtp);
+	}
+	view_put(core, c->view);
+	conn_unlink(core, c);
+	conn_release(c);
+}
+
+static void conn_maybe_finish(struct conn *c)
+{
+	if (c->closing && c->shut && !c->recv_armed && !c->send_busy && !c->in_spool)
+		conn_finish(c);
+}
+
+/* ---- sending ---- */
+
+static void conn_submit_send(struct conn *c)
+{
+	struct io_uring_sqe *sqe = core_sqe(c->core);
+	io_uring_prep_send(sqe, c->fd, c->sending.data, c->sending.len, MSG_NOSIGNAL);
+	io_uring_sqe_set_data64(sqe, op_data(c, OP_SEND));
+	c->send_busy = true;
+}
+
+/* Hand pending replies to the kernel: one send in flight per connection,
+ * so replies leave in order and the buffer under a send never moves. */
+static void conn_flush(struct conn *c)
+{
+	if (c->send_busy)
+		return;
+	if (c->sending.len == 0 && c->out.len > 0) {
+		struct buf t = c->sending;
+		c->sending = c->out;
+		c->out = t;
+	}
+	if (c->sending.len > 0) {
+		conn_submit_send(c);
+		return;
+	}
+	if (c->closing && !c->shut) {
+		shutdown(c->fd, SHUT_RDWR); /* ends the multishot recv too */
+		c->shut = true;
+	}
+}
+
+void conn_on_send(struct conn *c, int res)
+{
+	c->send_busy = false;
+	if (res < 0) {
+		if (res != -EPIPE && res != -ECONNRESET)
+			log_info("session=%s send failed: %s", c->sid, strerror(-res));
+		buf_reset(&c->sending);
+		conn_abort(c, "send error");
+	} else {
+		buf_consume(&c->sending, (size_t)res);
+		if (c->sending.len == 0)
+			buf_shrink(&c->sending, IDLE_BUFFER_KEEP);
+		conn_flush(c);
+	}
+	conn_maybe_finish(c);
+}
+
+/* ---- receiving ---- */
+
+static void conn_arm_recv(struct conn *c)
+{
+	struct io_uring_sqe *sqe = core_sqe(c->core);
+	io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
+	sqe->flags |= IOSQE_BUFFER_SELECT;
+	sqe->buf_group = 0;
+	io_uring_sqe_set_data64(sqe, op_data(c, OP_RECV));
+	c->recv_armed = true;
+}
+
+static void conn_pause_recv(struct conn *c)
+{
+	if (c->recv_paused || !c->recv_armed)
+		return;
+	struct io_uring_sqe *sqe = core_sqe(c->core);
+	io_uring_prep_cancel64(sqe, op_data(c, OP_RECV), 0);
+	io_uring_sqe_set_data64(sqe, op_data(NULL, OP_CANCEL));
+	c->recv_paused = true;
+}
+
+static void conn_resume_recv(struct conn *c)
+{
+	if (!c->recv_paused || c->inbuf.len >= INBUF_PAUSE_AT)
+		return;
+	c->recv_paused = false;
+	if (!c->recv_armed && !c->closing)
+		conn_arm_recv(c);
+}
+
+static void conn_message_ready(struct conn *c)
+{
+	c->in_spool = true;
+	c->message_started_ns = wall_clock_ns();
+	if (spool_writer_enqueue(&c->core->spool, c) < 0) {
+		log_error("session=%s cannot queue message for the spool: out of memory", c->sid);
+		conn_spool_done(c, false, false);
+	}
+}
+
+static bool session_takes_input(const struct conn *c)
+{
+	return !c->closing && !c->in_spool && c->smtp.state != SMTP_S_WAIT_COMMIT;
+}
+
+/* Run the state machine over data; returns how many bytes it took. It
+ * stops early when a message waits for the spool. */
+static size_t conn_feed(struct conn *c, const char *data, size_t len)
+{
+	size_t off = 0;
+	while (off < len && session_takes_input(c)) {
+		size_t used = 0;
+		enum smtp_status st = smtp_feed(&c->smtp, data + off, len - off, &used, &c->out);
+		off += used;
+		switch (st) {
+		case SMTP_NEED_MORE:
+			assert(off == len);
+			return off;
+		case SMTP_MESSAGE_READY:
+			conn_message_ready(c);
+			return off;
+		case SMTP_STARTTLS:
+			/* No listener offers STARTTLS in this build (refused at
+			 * start-up), so the state machine cannot get here. */
+			log_error("session=%s STARTTLS without TLS support", c->sid);
+			conn_close_after_flush(c, "starttls unsupported");
+			return len;
+		case SMTP_CLOSE:
+			conn_close_after_flush(c, c->smtp.errors ? "closed by server" : "quit");
+			return len; /* nothing after QUIT / 421 is read */
+		}
+	}
+	return c->closing ? len : off;
+}
+
+/* A draining core closes sessions between transactions. */
+static void conn_check_drain(struct conn *c)
+{
+	if (!c->core->draining || c->closing || c->in_spool || c->smtp.in_transaction ||
+	    c->smtp.state != SMTP_S_COMMAND)
+		return;
+	smtp_shutdown(&c->smtp, &c->out);
+	conn_close_after_flush(c, "shutdown");
+}
+
+static void conn_pump(struct conn *c)
+{
+	if (c->inbuf.len > 0 && session_takes_input(c)) {
+		size_t used = conn_feed(c, c->inbuf.data, c->inbuf.len);
+		buf_consume(&c->inbuf, used);
+		if (c->inbuf.len == 0)
+			buf_shrink(&c->inbuf, IDLE_BUFFER_KEEP);
+	}
+	conn_check_drain(c);
+	conn_resume_recv(c);
+	conn_set_deadline(c);
+}
+
+static void conn_input(struct conn *c, const char *data, size_t len)
+{
+	if (c->closing)
+		return;
+	if (c->inbuf.len == 0 && session_takes_input(c)) {
+		size_t used = conn_feed(c, data, len);
+		data += used;
+		len -= used;
+	}
+	if (len > 0 && !c->closing) {
+		if (buf_append(&c->inbuf, data, len) < 0) {
+			log_error("session=%s out of memory buffering input", c->sid);
+			conn_abort(c, "out of memory");
+			return;
+		}
+	}
+	conn_pump(c);
+	if (c->inbuf.len >= INBUF_PAUSE_AT)
+		conn_pause_recv(c);
+}
+
+void conn_on_recv(struct conn *c, int res, unsigned flags)
+{
+	bool more = flags & IORING_CQE_F_MORE;
+	if (!more)
+		c->recv_armed = false;
+	if (res > 0) {
+		assert(flags & IORING_CQE_F_BUFFER);
+		unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
+		conn_input(c, c->core->rx_mem + (size_t)bid * c->core->rx_size, (size_t)res);
+		core_rx_recycle(c->core, bid);
+		if (!more && !c->closing && !c->recv_paused)
+			conn_arm_recv(c);
+	} else if (res == -ENOBUFS) {
+		/* every provided buffer was in use; they are back by now */
+		if (!c->closing && !c->recv_paused && !c->recv_armed)
+			conn_arm_recv(c);
+	} else if (res == -ECANCELED && c->recv_paused) {
+		/* paused on purpose; conn_resume_recv re-arms */
+	} else if (!c->closing) {
+		c->close_reason = res == 0 ? "disconnect" : "receive error";
+		if (res < 0 && res != -ECONNRESET)
+			log_info("session=%s receive failed: %s", c->sid, strerror(-res));
+		conn_abort(c, c->close_reason);
+	}
+	conn_flush(c);
+	conn_maybe_finish(c);
+}
+
+/* ---- accept ---- */
+
+static void conn_refuse(struct conn *c, enum clients_refusal why)
+{
+	const char *host = conn_conf(c)->hostname;
+	if (why == CLIENTS_TOO_MANY_FROM_ADDRESS)
+		buf_printf(&c->out, "421 4.7.0 %s Error: too many connections from %s\r\n", host,
+			   c->peer.addr_str);
+	else
+		buf_printf(&c->out, "421 4.7.0 %s Error: too many connections\r\n", host);
+	log_info("session=%s reject client=%s command=CONNECT reply=\"%.*s\"", c->sid,
+		 c->peer.addr_str, (int)(c->out.len - 2), c->out.data);
+	conn_close_after_flush(c, "connection limit");
+}
+
+void conn_accept(struct core *core, unsigned listener, int fd)
+{
+	struct core_view *view = core->view;
+	const struct conf *conf = view->snap->conf;
+	struct conn *c = conn_alloc(core, conf->max_line_length);
+	if (!c) {
+		log_error("out of memory for a new connection");
+		close(fd);
+		return;
+	}
+	c->core = core;
+	c->fd = fd;
+	c->listener = listener;
+	c->view = view;
+	view->sessions++;
+	c->opened_ms = core->now_ms;
+	snprintf(c->sid, sizeof c->sid, "%02X%010llX", core->index,
+		 (unsigned long long)++core->next_session);
+	buf_init(&c->out, 0);
+	buf_init(&c->sending, 0);
+	buf_init(&c->inbuf, 0);
+	conn_link(core, c);
+	if (peer_fill(&c->peer, fd) < 0) {
+		c->close_reason = "peer vanished";
+		conn_abort(c, "peer vanished");
+		conn_maybe_finish(c);
+		return;
+	}
+	const struct conf_listener *l = &conf->listeners[listener];
+	log_info("session=%s open client=%s port=%u listener=%s:%u", c->sid, c->peer.addr_str,
+		 c->peer.port, l->addr_text, l->port);
+	enum clients_refusal why = clients_admit(&c->peer.addr, conf->max_connections,
+						 conf->max_connections_per_client);
+	if (why != CLIENTS_ADMITTED) {
+		conn_refuse(c, why);
+		conn_flush(c);
+		return;
+	}
+	c->admitted = true;
+	struct smtp_hooks hooks = {.ctx = c, .reject = log_reject};
+	smtp_session_init(&c->smtp, &view->snap->smtp[listener], &c->peer, c->line, hooks);
+	if (core->draining) {
+		smtp_shutdown(&c->smtp, &c->out);
+		conn_close_after_flush(c, "shutdown");
+	} else {
+		smtp_greeting(&c->smtp, &c->out);
+		conn_arm_recv(c);
+		conn_set_deadline(c);
+	}
+	conn_flush(c);
+}
+
+/* ---- the spool's answer ---- */
+
+void conn_spool_done(struct conn *c, bool ok, bool no_space)
+{
+	assert(c->in_spool);
+	c->in_spool = false;
+	if (ok)
+		log_accepted(c);
+	else
+		log_warn("session=%s message not queued: %s", c->sid,
+			 no_space ? "spool full" : "spool write failed");
+	if (!c->shut) {
+		/* Even a closing session gets its verdict if the socket is open. */
+		smtp_commit_done(&c->smtp, ok, no_space, c->message_id, &c->out);
+		conn_pump(c);
+		conn_flush(c);
+	}
+	conn_maybe_finish(c);
+}
+
+/* ---- time ---- */
+
+void conn_tick(struct conn *c)
+{
+	if (!c->deadline_ms || c->core->now_ms < c->deadline_ms)
+		return;
+	c->deadline_ms = 0;
+	if (c->closing) {
+		/* the client will not take its last reply: drop it */
+		log_info("session=%s close timed out, dropping", c->sid);
+		buf_reset(&c->out);
+		if (!c->shut) {
+			shutdown(c->fd, SHUT_RDWR);
+			c->shut = true;
+		}
+		if (c->recv_armed) {
+			struct io_uring_sqe *sqe = core_sqe(c->core);
+			io_uring_prep_cancel64(sqe, op_data(c, OP_RECV), 0);
+			io_uring_sqe_set_data64(sqe, op_data(NULL, OP_CANCEL));
+		}
+		conn_maybe_finish(c);
+		return;
+	}
+	log_info("session=%s timeout client=%s waiting for %s", c->sid, c->peer.addr_str,
+		 smtp_waiting_for(&c->smtp) == SMTP_WAIT_DATA_BLOCK ? "message data" : "a command");
+	smtp_timeout(&c->smtp, &c->out);
+	conn_close_after_flush(c, "timeout");
+	conn_flush(c);
+	conn_maybe_finish(c);
+}
+
+void conn_drain(struct conn *c, bool force)
+{
+	if (c->closing)
+		return;
+	if (!force) {
+		conn_check_drain(c);
+	} else if (!c->in_spool) {
+		smtp_shutdown(&c->smtp, &c->out);
+		conn_close_after_flush(c, "shutdown");
+	} else {
+		/* its verdict is still owed: conn_spool_done sends it, then closes */
+		conn_close_after_flush(c, "shutdown");
+	}
+	conn_flush(c);
+	conn_maybe_finish(c);
+}

@@ -1,0 +1,373 @@
+/* mxd: start-up, the signal loop, and shutdown. The main thread owns the
+ * config and the signals; the cores do all the work. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core.h"
+#include "log.h"
+#include "spool.h"
+
+#define MAX_CORES 256
+#define LISTEN_BACKLOG 4096
+
+struct options {
+	const char *config_path;
+	bool check_only;
+	bool verbose;
+};
+
+static void usage(FILE *out)
+{
+	fprintf(out, "usage: mxd [-n] [-v] [-f FILE]\n"
+		     "  -f FILE  configuration file (default conf/mxd.conf)\n"
+		     "  -n       check the configuration and exit\n"
+		     "  -v       debug logging\n");
+}
+
+static int parse_options(int argc, char **argv, struct options *o)
+{
+	o->config_path = "conf/mxd.conf";
+	int ch;
+	while ((ch = getopt(argc, argv, "f:nvh")) != -1) {
+		switch (ch) {
+		case 'f':
+			o->config_path = optarg;
+			break;
+		case 'n':
+			o->check_only = true;
+			break;
+		case 'v':
+			o->verbose = true;
+			break;
+		case 'h':
+			usage(stdout);
+			exit(0);
+		default:
+			usage(stderr);
+			return -1;
+		}
+	}
+	if (optind != argc) {
+		usage(stderr);
+		return -1;
+	}
+	return 0;
+}
+
+static struct snapshot *load_config(const char *path, uint64_t generation)
+{
+	struct buf errs;
+	buf_init(&errs, 0);
+	struct snapshot *s = snapshot_load(path, generation, &errs);
+	if (!s && errs.len == 0)
+		buf_printf(&errs, "%s: cannot load configuration\n", path);
+	if (errs.len > 0)
+		fwrite(errs.data, 1, errs.len, stderr);
+	buf_free(&errs);
+	return s;
+}
+
+/* TLS, STARTTLS and AUTH listeners parse, but this build cannot serve them
+ * yet: refuse to start rather than silently serve plaintext. */
+static int refuse_tls_listeners(const struct conf *c)
+{
+	int bad = 0;
+	for (size_t i = 0; i < c->nlisteners; i++) {
+		const struct conf_listener *l = &c->listeners[i];
+		if (!(l->flags & (CONF_LISTEN_TLS | CONF_LISTEN_TLS_REQUIRE | CONF_LISTEN_SMTPS |
+				  CONF_LISTEN_AUTH | CONF_LISTEN_VERIFY)))
+			continue;
+		fprintf(stderr,
+			"%s:%d:%d: listen on %s port %u: tls, tls-require, smtps, verify and auth are not "
+			"supported by this build yet\n",
+			c->path, l->line, l->col, l->addr_text, l->port);
+		bad = 1;
+	}
+	return bad ? -1 : 0;
+}
+
+/* CPUs this process may run on, in order; one core thread per CPU. */
+static unsigned available_cpus(int *cpus, unsigned max)
+{
+	cpu_set_t set;
+	unsigned n = 0;
+	if (sched_getaffinity(0, sizeof set, &set) == 0) {
+		for (int i = 0; i < CPU_SETSIZE && n < max; i++)
+			if (CPU_ISSET(i, &set))
+				cpus[n++] = i;
+	}
+	if (n == 0) {
+		long online = sysconf(_SC_NPROCESSORS_ONLN);
+		for (long i = 0; i < online && n < max; i++)
+			cpus[n++] = (int)i;
+	}
+	return n ? n : 1;
+}
+
+static int mkdir_p(const char *path)
+{
+	char tmp[4096];
+	int n = snprintf(tmp, sizeof tmp, "%s", path);
+	if (n < 0 || (size_t)n >= sizeof tmp)
+		return -1;
+	for (char *p = tmp + 1; *p; p++) {
+		if (*p != '/')
+			continue;
+		*p = '\0';
+		if (mkdir(tmp, 0700) < 0 && errno != EEXIST)
+			return -1;
+		*p = '/';
+	}
+	return mkdir(tmp, 0700) < 0 && errno != EEXIST ? -1 : 0;
+}
+
+static int recover_core(const char *dir, unsigned core, uint64_t *next_seq)
+{
+	struct spool_recovery r;
+	struct buf log;
+	buf_init(&log, 0);
+	memset(&r, 0, sizeof r);
+	int rc = spool_recover(dir, core, &r, &log);
+	if (log.len > 0) {
+		buf_append(&log, "", 1);
+		char *save = NULL;
+		for (char *line = strtok_r(log.data, "\n", &save); line;
+		     line = strtok_r(NULL, "\n", &save))
+			log_msg(rc < 0 ? LOG_ERROR : LOG_INFO, "%s", line);
+	}
+	buf_free(&log);
+	if (rc == 0) {
+		log_info("spool: core %u recovered %llu records in %llu segments (%llu corrupt, %llu "
+			 "torn bytes cut)",
+			 core, (unsigned long long)r.records, (unsigned long long)r.segments,
+			 (unsigned long long)r.corrupt_records, (unsigned long long)r.truncated_bytes);
+		if (next_seq)
+			*next_seq = r.next_seq;
+	}
+	return rc;
+}
+
+/* Every core directory is recovered, including those of cores a previous
+ * run had and this one does not, so no torn tail is left anywhere. */
+static int recover_spool(const char *dir, unsigned ncores, uint64_t *next_seq)
+{
+	if (mkdir_p(dir) < 0) {
+		log_error("spool: cannot create %s: %s", dir, strerror(errno));
+		return -1;
+	}
+	for (unsigned i = 0; i < ncores; i++)
+		if (recover_core(dir, i, &next_seq[i]) < 0)
+			return -1;
+	DIR *d = opendir(dir);
+	if (!d)
+		return 0;
+	struct dirent *e;
+	int rc = 0;
+	while ((e = readdir(d)) != NULL) {
+		char *end;
+		unsigned long core = strtoul(e->d_name, &end, 10);
+		if (end == e->d_name || *end != '\0' || core < ncores || core >= 100)
+			continue;
+		if (recover_core(dir, (unsigned)core, NULL) < 0)
+			rc = -1;
+	}
+	closedir(d);
+	return rc;
+}
+
+static int open_listener(const struct conf_listener *l)
+{
+	int fd = socket(l->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -1;
+	int one = 1;
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+	    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0 ||
+	    /* accepted sockets inherit it: replies go out without Nagle delay */
+	    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) < 0)
+		goto fail;
+	if (l->addr.ss_family == AF_INET6 &&
+	    setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) < 0)
+		goto fail;
+	if (bind(fd, (const struct sockaddr *)&l->addr, l->addr_len) < 0 ||
+	    listen(fd, LISTEN_BACKLOG) < 0)
+		goto fail;
+	return fd;
+fail:;
+	int saved = errno;
+	close(fd);
+	errno = saved;
+	return -1;
+}
+
+/* One SO_REUSEPORT socket per listener per core, all opened here so that a
+ * bad address fails the start-up with a clear message. */
+static int open_listeners(const struct conf *c, unsigned ncores, int *fds)
+{
+	for (unsigned core = 0; core < ncores; core++) {
+		for (size_t i = 0; i < c->nlisteners; i++) {
+			const struct conf_listener *l = &c->listeners[i];
+			int fd = open_listener(l);
+			if (fd < 0) {
+				log_error("%s:%d:%d: listen on %s port %u: %s", c->path, l->line, l->col,
+					  l->addr_text, l->port, strerror(errno));
+				return -1;
+			}
+			fds[core * c->nlisteners + i] = fd;
+		}
+	}
+	return 0;
+}
+
+static void reload(struct snapshot **current)
+{
+	uint64_t generation = (*current)->generation + 1;
+	log_info("reloading %s", g_daemon.config_path);
+	struct buf errs;
+	buf_init(&errs, 0);
+	struct snapshot *next = snapshot_load(g_daemon.config_path, generation, &errs);
+	if (!next) {
+		buf_append(&errs, "", 1);
+		char *save = NULL;
+		for (char *line = strtok_r(errs.data, "\n", &save); line;
+		     line = strtok_r(NULL, "\n", &save))
+			log_error("reload refused: %s", line);
+		buf_free(&errs);
+		return;
+	}
+	buf_free(&errs);
+	if (!snapshot_same_listeners(*current, next)) {
+		log_error("reload refused: listeners changed; restart mxd to change listeners");
+		snapshot_release(next);
+		return;
+	}
+	if (strcmp((*current)->conf->spool_dir, next->conf->spool_dir) != 0)
+		log_warn("reload: spool directory changes need a restart; keeping %s",
+			 (*current)->conf->spool_dir);
+	for (unsigned i = 0; i < g_daemon.ncores; i++)
+		core_post_config(&g_daemon.cores[i], next);
+	snapshot_release(*current);
+	*current = next;
+	log_info("reload: config generation %llu published", (unsigned long long)generation);
+}
+
+static int signal_loop(struct snapshot **current)
+{
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGHUP);
+	for (;;) {
+		int sig = sigwaitinfo(&set, NULL);
+		if (sig < 0) {
+			if (errno == EINTR)
+				continue;
+			log_error("sigwaitinfo: %s", strerror(errno));
+			return 1;
+		}
+		if (sig == SIGHUP) {
+			reload(current);
+			continue;
+		}
+		log_info("%s: draining", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+		atomic_store(&g_daemon.draining, true);
+		for (unsigned i = 0; i < g_daemon.ncores; i++)
+			core_wake(&g_daemon.cores[i]);
+		int status = 0;
+		for (unsigned i = 0; i < g_daemon.ncores; i++) {
+			pthread_join(g_daemon.cores[i].thread, NULL);
+			status |= g_daemon.cores[i].exit_status;
+		}
+		return status;
+	}
+}
+
+static void block_signals(void)
+{
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &set, NULL); /* inherited by the core threads */
+	signal(SIGPIPE, SIG_IGN);
+}
+
+int main(int argc, char **argv)
+{
+	struct options opt = {0};
+	if (parse_options(argc, argv, &opt) < 0)
+		return 2;
+	log_thread_init("main", 0);
+	if (opt.verbose)
+		log_set_level(LOG_DEBUG);
+	struct snapshot *snap = load_config(opt.config_path, 1);
+	if (!snap)
+		return 1;
+	if (opt.check_only) {
+		printf("%s: configuration OK\n", opt.config_path);
+		snapshot_release(snap);
+		return 0;
+	}
+	const struct conf *c = snap->conf;
+	if (refuse_tls_listeners(c) < 0)
+		return 1;
+	if (c->nlisteners == 0) {
+		fprintf(stderr, "%s: no listen directive: nothing to serve\n", opt.config_path);
+		return 1;
+	}
+	block_signals();
+
+	static int cpus[MAX_CORES];
+	unsigned ncpus = available_cpus(cpus, MAX_CORES);
+	unsigned ncores = c->cores ? c->cores : ncpus;
+	if (ncores > MAX_CORES)
+		ncores = MAX_CORES;
+	g_daemon.ncores = ncores;
+	g_daemon.config_path = opt.config_path;
+	atomic_init(&g_daemon.draining, false);
+
+	uint64_t *next_seq = calloc(ncores, sizeof *next_seq);
+	int *fds = calloc((size_t)ncores * c->nlisteners, sizeof *fds);
+	g_daemon.cores = calloc(ncores, sizeof *g_daemon.cores);
+	if (!next_seq || !fds || !g_daemon.cores) {
+		log_error("out of memory");
+		return 1;
+	}
+	if (recover_spool(c->spool_dir, ncores, next_seq) < 0)
+		return 1;
+	if (open_listeners(c, ncores, fds) < 0)
+		return 1;
+	for (unsigned i = 0; i < ncores; i++) {
+		int cpu = ncores <= ncpus ? cpus[i] : -1;
+		if (core_prepare(&g_daemon.cores[i], i, cpu, snap, &fds[i * c->nlisteners],
+				 next_seq[i]) < 0)
+			return 1;
+	}
+	for (unsigned i = 0; i < ncores; i++)
+		if (core_start(&g_daemon.cores[i]) < 0)
+			return 1;
+	for (size_t i = 0; i < c->nlisteners; i++)
+		log_info("listening on %s port %u", c->listeners[i].addr_text, c->listeners[i].port);
+	log_info("mxd started: %u cores, spool %s, max message size %llu", ncores, c->spool_dir,
+		 (unsigned long long)c->max_message_size);
+
+	int status = signal_loop(&snap);
+	log_info("mxd stopped");
+	snapshot_release(snap);
+	free(fds);
+	free(next_seq);
+	return status;
+}

@@ -1,0 +1,85 @@
+#include "snapshot.h"
+
+#include <assert.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void fill_smtp_config(struct smtp_config *sc, const struct conf *c,
+			     const struct conf_listener *l, const struct policy *p)
+{
+	memset(sc, 0, sizeof *sc);
+	sc->hostname = l->hostname ? l->hostname : c->hostname;
+	sc->max_line_length = c->max_line_length;
+	sc->max_message_size = c->max_message_size;
+	sc->max_recipients = c->max_recipients;
+	sc->max_errors = c->max_errors;
+	sc->accept_bare_newlines = c->accept_bare_newlines;
+	sc->starttls_offered = (l->flags & (CONF_LISTEN_TLS | CONF_LISTEN_TLS_REQUIRE)) != 0;
+	sc->tls_required = (l->flags & CONF_LISTEN_TLS_REQUIRE) != 0;
+	sc->policy = p;
+}
+
+struct snapshot *snapshot_load(const char *path, uint64_t generation, struct buf *errs)
+{
+	struct conf *c = conf_load(path, errs);
+	if (!c)
+		return NULL;
+	struct policy *p = policy_build(c, errs);
+	if (!p) {
+		conf_free(c);
+		return NULL;
+	}
+	struct snapshot *s = calloc(1, sizeof *s);
+	struct smtp_config *sc = calloc(c->nlisteners ? c->nlisteners : 1, sizeof *sc);
+	if (!s || !sc) {
+		free(s);
+		free(sc);
+		policy_free(p);
+		conf_free(c);
+		buf_printf(errs, "%s: out of memory\n", path);
+		return NULL;
+	}
+	for (size_t i = 0; i < c->nlisteners; i++)
+		fill_smtp_config(&sc[i], c, &c->listeners[i], p);
+	s->conf = c;
+	s->policy = p;
+	s->smtp = sc;
+	s->generation = generation;
+	atomic_init(&s->refs, 1);
+	return s;
+}
+
+void snapshot_hold(struct snapshot *s)
+{
+	unsigned old = atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
+	assert(old > 0);
+	(void)old;
+}
+
+void snapshot_release(struct snapshot *s)
+{
+	if (!s)
+		return;
+	if (atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) != 1)
+		return;
+	free(s->smtp);
+	policy_free(s->policy);
+	conf_free(s->conf);
+	free(s);
+}
+
+static int same_listener(const struct conf_listener *a, const struct conf_listener *b)
+{
+	return a->addr_len == b->addr_len && memcmp(&a->addr, &b->addr, a->addr_len) == 0 &&
+	       a->flags == b->flags;
+}
+
+int snapshot_same_listeners(const struct snapshot *a, const struct snapshot *b)
+{
+	if (a->conf->nlisteners != b->conf->nlisteners)
+		return 0;
+	for (size_t i = 0; i < a->conf->nlisteners; i++)
+		if (!same_listener(&a->conf->listeners[i], &b->conf->listeners[i]))
+			return 0;
+	return 1;
+}

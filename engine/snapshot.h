@@ -1,0 +1,35 @@
+/* snapshot: one immutable, reference-counted view of the configuration —
+ * the parsed conf, the compiled policy and each listener's smtp_config.
+ *
+ * Reload builds a new snapshot and hands each core a reference through its
+ * mailbox; sessions keep the snapshot they started with, so a reload never
+ * changes the rules under a transaction in progress. */
+#ifndef MXD_SNAPSHOT_H
+#define MXD_SNAPSHOT_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "buf.h"
+#include "conf.h"
+#include "policy.h"
+#include "smtp.h"
+
+struct snapshot {
+	struct conf *conf;
+	struct policy *policy;
+	struct smtp_config *smtp; /* one per listener, same order as conf->listeners */
+	uint64_t generation;
+	atomic_uint refs;
+};
+
+/* Load and compile path; NULL with FILE:LINE:COL messages in errs. */
+struct snapshot *snapshot_load(const char *path, uint64_t generation, struct buf *errs);
+void snapshot_hold(struct snapshot *s);
+void snapshot_release(struct snapshot *s);
+
+/* Can sessions move from a to b without reopening sockets? (same
+ * listeners, addresses and options in the same order) */
+int snapshot_same_listeners(const struct snapshot *a, const struct snapshot *b);
+
+#endif

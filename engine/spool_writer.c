@@ -1,0 +1,315 @@
+#include "spool_writer.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "conn.h"
+#include "core.h"
+#include "log.h"
+#include "spool.h"
+
+/* Message ids carry the offset in 8 hex digits, so no record may start
+ * past 4 GiB into a segment. */
+#define SEGMENT_OFFSET_LIMIT 0xffffffffull
+
+static uint64_t wall_clock_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static int fsync_directory(const char *dir)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	int rc = fsync(fd);
+	close(fd);
+	return rc;
+}
+
+/* A new segment is durable — header and directory entry — before any
+ * record in it is acknowledged. Rare (once per segment-size bytes), so
+ * plain blocking calls are fine here. */
+static int open_segment(struct spool_writer *w, uint64_t seq)
+{
+	char path[sizeof w->dir + 32];
+	snprintf(path, sizeof path, "%s/%08llu.seg", w->dir, (unsigned long long)seq);
+	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		log_error("spool: cannot create %s: %s", path, strerror(errno));
+		return -1;
+	}
+	uint8_t header[SPOOL_SEGMENT_HEADER_SIZE];
+	spool_segment_header(header, w->core_index, seq, wall_clock_ns());
+	if (pwrite(fd, header, sizeof header, 0) != (ssize_t)sizeof header || fdatasync(fd) < 0 ||
+	    fsync_directory(w->dir) < 0) {
+		log_error("spool: cannot initialise %s: %s", path, strerror(errno));
+		close(fd);
+		unlink(path);
+		return -1;
+	}
+	if (w->fd >= 0)
+		close(w->fd);
+	w->fd = fd;
+	w->seq = seq;
+	w->tail = SPOOL_SEGMENT_HEADER_SIZE;
+	log_info("spool: writing segment %s", path);
+	return 0;
+}
+
+int spool_writer_open(struct spool_writer *w, struct core *core, const char *spool_dir,
+		      unsigned core_index, uint64_t first_seq, uint64_t segment_size)
+{
+	memset(w, 0, sizeof *w);
+	w->core = core;
+	w->core_index = core_index;
+	w->fd = -1;
+	w->segment_size = segment_size < SEGMENT_OFFSET_LIMIT ? segment_size : SEGMENT_OFFSET_LIMIT;
+	int n = snprintf(w->dir, sizeof w->dir, "%s/%02u", spool_dir, core_index);
+	if (n < 0 || (size_t)n >= sizeof w->dir) {
+		log_error("spool: directory name too long: %s", spool_dir);
+		return -1;
+	}
+	if (mkdir(w->dir, 0700) < 0 && errno != EEXIST) {
+		log_error("spool: cannot create %s: %s", w->dir, strerror(errno));
+		return -1;
+	}
+	return open_segment(w, first_seq);
+}
+
+void spool_writer_close(struct spool_writer *w)
+{
+	assert(!w->in_flight);
+	if (w->fd >= 0) {
+		fdatasync(w->fd);
+		close(w->fd);
+		w->fd = -1;
+	}
+	struct spool_batch *b = &w->batch;
+	for (uint32_t i = 0; i < b->heads_cap; i++) {
+		buf_free(&b->heads[i]);
+		buf_free(&b->received[i]);
+	}
+	free(b->heads);
+	free(b->received);
+	free(b->iov);
+	free(b->conns);
+	free(w->waiting);
+}
+
+int spool_writer_enqueue(struct spool_writer *w, struct conn *c)
+{
+	if (w->nwaiting == w->waiting_cap) {
+		uint32_t cap = w->waiting_cap ? w->waiting_cap * 2 : 64;
+		struct conn **p = realloc(w->waiting, cap * sizeof *p);
+		if (!p)
+			return -1;
+		w->waiting = p;
+		w->waiting_cap = cap;
+	}
+	w->waiting[w->nwaiting++] = c;
+	return 0;
+}
+
+bool spool_writer_idle(const struct spool_writer *w)
+{
+	return !w->in_flight && w->nwaiting == 0;
+}
+
+/* Room for n messages in the batch's per-message arrays. */
+static int batch_reserve(struct spool_batch *b, uint32_t n)
+{
+	if (n <= b->heads_cap)
+		return 0;
+	struct buf *heads = realloc(b->heads, n * sizeof *heads);
+	if (!heads)
+		return -1;
+	b->heads = heads;
+	struct buf *received = realloc(b->received, n * sizeof *received);
+	if (!received)
+		return -1;
+	b->received = received;
+	struct iovec *iov = realloc(b->iov, 3 * (size_t)n * sizeof *iov);
+	if (!iov)
+		return -1;
+	b->iov = iov;
+	for (uint32_t i = b->heads_cap; i < n; i++) {
+		buf_init(&b->heads[i], 0);
+		buf_init(&b->received[i], 0);
+	}
+	b->heads_cap = n;
+	return 0;
+}
+
+/* Encode message i of the batch at the writer's tail. */
+static int encode_record(struct spool_writer *w, uint32_t i, uint64_t now_ns)
+{
+	struct spool_batch *b = &w->batch;
+	struct conn *c = b->conns[i];
+	spool_make_id(c->message_id, w->core_index, w->seq, w->tail);
+	struct spool_meta m = {
+		.id = c->message_id,
+		.received_unix_ns = c->message_started_ns ? c->message_started_ns : now_ns,
+		.env = &c->smtp.env,
+		.peer = &c->peer,
+	};
+	struct buf *head = &b->heads[i], *received = &b->received[i];
+	buf_reset(head);
+	buf_reset(received);
+	if (spool_received_header(received, &m, c->smtp.cfg->hostname,
+				  (time_t)(m.received_unix_ns / 1000000000u)) < 0)
+		return -1;
+	const struct buf *body = &c->smtp.body;
+	if (spool_record_head(head, &m, (uint64_t)received->len + body->len) < 0)
+		return -1;
+	const void *parts[2] = {received->data, body->data};
+	size_t lens[2] = {received->len, body->len};
+	spool_record_seal(head, parts, lens, 2);
+	struct iovec *iov = &b->iov[3 * (size_t)i];
+	iov[0] = (struct iovec){head->data, head->len};
+	iov[1] = (struct iovec){received->data, received->len};
+	iov[2] = (struct iovec){body->data, body->len};
+	return 0;
+}
+
+static uint64_t record_bytes(const struct spool_batch *b, uint32_t i)
+{
+	const struct iovec *iov = &b->iov[3 * (size_t)i];
+	return iov[0].iov_len + iov[1].iov_len + iov[2].iov_len;
+}
+
+/* Messages the batch could not take get their 451 now, outside the batch. */
+static void fail_now(struct conn **conns, uint32_t n)
+{
+	for (uint32_t i = 0; i < n; i++)
+		conn_spool_done(conns[i], false, false);
+}
+
+void spool_writer_flush(struct spool_writer *w)
+{
+	if (w->in_flight || w->nwaiting == 0)
+		return;
+	if (w->fd < 0 || w->tail >= w->segment_size) {
+		if (open_segment(w, w->seq + 1) < 0 && w->fd < 0) {
+			struct conn **conns = w->waiting;
+			uint32_t n = w->nwaiting;
+			w->waiting = NULL;
+			w->nwaiting = w->waiting_cap = 0;
+			fail_now(conns, n);
+			free(conns);
+			return;
+		}
+	}
+	struct spool_batch *b = &w->batch;
+	/* Swap the waiting list into the batch: sessions answered when this
+	 * batch completes queue their next messages on the other array. */
+	struct conn **conns = b->conns;
+	uint32_t cap = b->cap;
+	b->conns = w->waiting;
+	b->cap = w->waiting_cap;
+	b->n = w->nwaiting;
+	w->waiting = conns;
+	w->waiting_cap = cap;
+	w->nwaiting = 0;
+	if (batch_reserve(b, b->n) < 0) {
+		log_error("spool: out of memory for a batch of %u", b->n);
+		uint32_t n = b->n;
+		b->n = 0;
+		fail_now(b->conns, n);
+		return;
+	}
+
+	uint64_t now_ns = wall_clock_ns();
+	b->fd = w->fd;
+	b->start = w->tail;
+	b->failed = b->no_space = false;
+	b->ops_left = 0;
+	uint64_t expected = 0;
+	uint32_t kept = 0;
+	struct conn *refused[64];
+	uint32_t nrefused = 0;
+	for (uint32_t i = 0; i < b->n; i++) {
+		b->conns[kept] = b->conns[i];
+		if (w->tail > SEGMENT_OFFSET_LIMIT || encode_record(w, kept, now_ns) < 0) {
+			if (nrefused < 64)
+				refused[nrefused++] = b->conns[i];
+			else
+				conn_spool_done(b->conns[i], false, false);
+			continue;
+		}
+		uint64_t len = record_bytes(b, kept);
+		struct io_uring_sqe *sqe = core_sqe(w->core);
+		io_uring_prep_writev(sqe, w->fd, &b->iov[3 * (size_t)kept], 3, w->tail);
+		sqe->flags |= IOSQE_IO_LINK;
+		io_uring_sqe_set_data64(sqe, op_data(w, OP_SPOOL));
+		w->tail += len;
+		expected += len;
+		b->ops_left++;
+		kept++;
+	}
+	b->n = kept;
+	if (kept > 0) {
+		struct io_uring_sqe *sqe = core_sqe(w->core);
+		io_uring_prep_fsync(sqe, w->fd, IORING_FSYNC_DATASYNC);
+		io_uring_sqe_set_data64(sqe, op_data(b, OP_SPOOL));
+		b->ops_left++;
+		w->expected_bytes = expected;
+		w->written_bytes = 0;
+		w->in_flight = true;
+		w->batches++;
+	}
+	fail_now(refused, nrefused);
+}
+
+/* A failed batch may have left part of its records on disk: cut them off so
+ * a message that got 451 does not reappear after a restart, and continue
+ * in a fresh segment. */
+static void discard_failed_batch(struct spool_writer *w)
+{
+	struct spool_batch *b = &w->batch;
+	if (ftruncate(b->fd, (off_t)b->start) < 0 || fdatasync(b->fd) < 0)
+		log_error("spool: cannot cut back segment %08llu to %llu: %s",
+			  (unsigned long long)w->seq, (unsigned long long)b->start, strerror(errno));
+	w->tail = b->start;
+	if (open_segment(w, w->seq + 1) < 0)
+		log_error("spool: staying on segment %08llu", (unsigned long long)w->seq);
+}
+
+void spool_writer_complete(struct spool_writer *w, bool is_fsync, int res)
+{
+	struct spool_batch *b = &w->batch;
+	assert(w->in_flight && b->ops_left > 0);
+	if (res < 0) {
+		if (!b->failed && res != -ECANCELED)
+			log_error("spool: %s failed on segment %08llu: %s", is_fsync ? "fdatasync" : "write",
+				  (unsigned long long)w->seq, strerror(-res));
+		b->failed = true;
+		if (res == -ENOSPC || res == -EDQUOT)
+			b->no_space = true;
+	} else if (!is_fsync) {
+		w->written_bytes += (uint64_t)res;
+	}
+	if (--b->ops_left > 0)
+		return;
+	bool ok = !b->failed && w->written_bytes == w->expected_bytes;
+	if (!ok && !b->failed)
+		log_error("spool: short write on segment %08llu", (unsigned long long)w->seq);
+	if (!ok)
+		discard_failed_batch(w);
+	w->in_flight = false;
+	if (ok)
+		w->committed_messages += b->n;
+	uint32_t n = b->n;
+	b->n = 0;
+	for (uint32_t i = 0; i < n; i++)
+		conn_spool_done(b->conns[i], ok, b->no_space);
+}

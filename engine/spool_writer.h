@@ -1,0 +1,65 @@
+/* spool_writer: a core's append-only segment, written through the core's
+ * ring with group commit.
+ *
+ * Messages that finish in one loop turn are appended together (one writev
+ * per record, at offsets the writer assigns), linked to a single
+ * fdatasync; only when that completes does each session get its 250. One
+ * batch is in flight at a time; what finishes meanwhile forms the next
+ * batch, so the batch grows with the load and the fsync cost is shared. */
+#ifndef MXD_SPOOL_WRITER_H
+#define MXD_SPOOL_WRITER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include "buf.h"
+
+struct conn;
+struct core;
+
+struct spool_batch {
+	struct conn **conns;
+	uint32_t n, cap;
+	struct iovec *iov;            /* 3 per message: head, Received:, body */
+	struct buf *heads;            /* per message: record head */
+	struct buf *received;         /* per message: Received: header */
+	uint32_t heads_cap;
+	int fd;                       /* segment the batch went to */
+	uint64_t start;               /* its first byte, to cut back on failure */
+	uint32_t ops_left;            /* writes + fsync still to complete */
+	bool failed;
+	bool no_space;
+};
+
+struct spool_writer {
+	struct core *core;
+	unsigned core_index;
+	char dir[4096];               /* DIR/<core> */
+	int fd;
+	uint64_t seq;
+	uint64_t tail;                /* next record offset */
+	uint64_t segment_size;
+
+	struct conn **waiting;        /* finished, not yet in a batch */
+	uint32_t nwaiting, waiting_cap;
+	struct spool_batch batch;     /* the one in flight */
+	bool in_flight;
+	uint64_t expected_bytes;      /* of the batch's writes */
+	uint64_t written_bytes;
+	uint64_t committed_messages;
+	uint64_t batches;
+};
+
+int spool_writer_open(struct spool_writer *w, struct core *core, const char *spool_dir,
+		      unsigned core_index, uint64_t first_seq, uint64_t segment_size);
+void spool_writer_close(struct spool_writer *w);
+/* Queue a finished message (its session is in SMTP_S_WAIT_COMMIT). */
+int spool_writer_enqueue(struct spool_writer *w, struct conn *c);
+/* End of a loop turn: start the next batch if none is in flight. */
+void spool_writer_flush(struct spool_writer *w);
+/* A completion of the batch in flight: one of its writes, or its fsync. */
+void spool_writer_complete(struct spool_writer *w, bool is_fsync, int res);
+bool spool_writer_idle(const struct spool_writer *w);
+
+#endif
