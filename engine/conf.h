@@ -51,6 +51,10 @@ struct conf_table {
 	 * the value (e.g. "user $6$hash"). Files are read at parse time. */
 	char **keys;
 	char **values;                    /* NULL entry when no value */
+	/* Where each entry was written, for error messages: a list's items
+	 * are positions in the config; a file's are (line, column) in PATH. */
+	int *entry_line;
+	int *entry_col;
 	size_t n;
 	int line, col;
 };
@@ -111,6 +115,18 @@ void conf_free(struct conf *c);
 
 const struct conf_table *conf_table_find(const struct conf *c, const char *name);
 const struct conf_pki *conf_pki_find(const struct conf *c, const char *name);
+
+/* Where the built-in defaults live, for the daemon and the tests. */
+#define CONF_DEFAULT_MAX_MESSAGE_SIZE (35ull << 20)
+#define CONF_DEFAULT_MAX_RECIPIENTS 1000u
+#define CONF_DEFAULT_MAX_CONNECTIONS 10000u
+#define CONF_DEFAULT_MAX_CONNECTIONS_PER_CLIENT 100u
+#define CONF_DEFAULT_MAX_ERRORS 10u
+#define CONF_DEFAULT_MAX_LINE_LENGTH 2048u
+#define CONF_MIN_LINE_LENGTH 512u         /* RFC 5321 4.5.3.1.4 */
+#define CONF_MAX_LINE_LENGTH (1u << 20)
+#define CONF_DEFAULT_SEGMENT_SIZE (256ull << 20)
+#define CONF_MAX_CORES 256u
 
 /* "35M" "1G" "512k" "1000" → bytes; -1 on syntax error or overflow. */
 int conf_parse_size(const char *s, uint64_t *out);

@@ -29,7 +29,9 @@ void policy_free(struct policy *p);
 enum policy_verdict policy_check_rcpt(const struct policy *p, const struct smtp_peer *peer,
 				      const char *rcpt);
 
-/* Does addr (a client address) match a table of addresses and CIDRs? */
+/* Does addr (a client address) match a table of addresses and CIDRs?
+ * False for an unknown table and for a table with any entry that is not an
+ * address or CIDR. An IPv4-mapped IPv6 address matches as IPv4. */
 bool policy_addr_in_table(const struct policy *p, const char *table,
 			  const struct sockaddr_storage *addr);
 
