@@ -153,6 +153,12 @@ struct smtp_session {
 	bool bdat_failed;           /* transaction failed; chunks are discarded */
 
 	uint32_t messages;          /* messages completed in this session */
+
+	/* Private to smtp.c (appended so existing users stay compatible). */
+	uint64_t bdat_chunk_size;   /* size of the chunk being read, for its 250 */
+	uint8_t bdat_refusal;       /* why the chunk being read is discarded */
+	bool data_store_failed;     /* out of memory while storing content */
+	bool tls_pending;           /* 220 for STARTTLS sent, handshake not done */
 };
 
 /* `line_buf` must hold cfg->max_line_length bytes and outlive the session. */
