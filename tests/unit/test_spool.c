@@ -1,10 +1,14 @@
 /* test_spool: the spool format (spool.h) — CRC32C, ids, headers, record
  * round trips, the Received: header, damage detection and recovery. */
 #include "check.h"
+#include <stdarg.h>
 #include "spool.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <sys/wait.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -923,6 +927,162 @@ static void test_recover(void)
 	CHECK(system(cmd) == 0);
 }
 
+
+/* ---- mxspool, run as a program ---- */
+
+/* The tool next to this test in the build tree ($MXSPOOL overrides). */
+static bool find_mxspool(char *out, size_t n)
+{
+	const char *env = getenv("MXSPOOL");
+	if (env) {
+		snprintf(out, n, "%s", env);
+		return access(out, X_OK) == 0;
+	}
+	char self[PATH_MAX];
+	ssize_t k = readlink("/proc/self/exe", self, sizeof self - 1);
+	if (k <= 0)
+		return false;
+	self[k] = '\0';
+	snprintf(out, n, "%s/../bin/mxspool", dirname(self));
+	return access(out, X_OK) == 0;
+}
+
+/* Run a shell command, capture stdout; returns the exit status. */
+static int run(struct buf *out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int run(struct buf *out, const char *fmt, ...)
+{
+	char cmd[2048];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(cmd, sizeof cmd, fmt, ap);
+	va_end(ap);
+	buf_reset(out);
+	FILE *f = popen(cmd, "r");
+	if (!f)
+		return -1;
+	char chunk[4096];
+	size_t n;
+	while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+		buf_append(out, chunk, n);
+	buf_append(out, "", 1); /* keep it a C string */
+	out->len--;
+	int st = pclose(f);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static int count_lines(const struct buf *b)
+{
+	int n = 0;
+	for (size_t i = 0; i < b->len; i++)
+		n += b->data[i] == '\n';
+	return n;
+}
+
+static void test_mxspool(void)
+{
+	char tool[PATH_MAX + 32];
+	if (!find_mxspool(tool, sizeof tool)) {
+		printf("test_spool: mxspool not built next to this test, its checks are skipped\n");
+		return;
+	}
+	char dir[] = "/tmp/test_mxspool.XXXXXX";
+	CHECK(mkdtemp(dir) != NULL);
+	char path[PATH_MAX];
+	struct buf seg, out;
+	buf_init(&seg, 0);
+	buf_init(&out, 0);
+	size_t offs0[4], offs1[3];
+	snprintf(path, sizeof path, "%s/00", dir);
+	mkdir(path, 0700);
+	snprintf(path, sizeof path, "%s/01", dir);
+	mkdir(path, 0700);
+	build_segment(&seg, 0, 1, 3, offs0);
+	snprintf(path, sizeof path, "%s/00/00000001.seg", dir);
+	write_file(path, seg.data, seg.len);
+	struct spool_record_view v;
+	CHECK(spool_record_decode((uint8_t *)seg.data + offs0[1], seg.len - offs0[1], &v, NULL) == SPOOL_OK);
+	char *want_msg = malloc(v.message_len);
+	memcpy(want_msg, v.message, v.message_len);
+	size_t want_len = v.message_len;
+	char id1[SPOOL_ID_LEN + 1];
+	snprintf(id1, sizeof id1, "%s", v.id);
+	char id_upper[SPOOL_ID_LEN + 1];
+	snprintf(id_upper, sizeof id_upper, "%s", v.id);
+	struct buf seg1;
+	buf_init(&seg1, 0);
+	build_segment(&seg1, 1, 2, 2, offs1);
+	snprintf(path, sizeof path, "%s/01/00000002.seg", dir);
+	write_file(path, seg1.data, seg1.len);
+
+	CHECK(run(&out, "'%s' -d '%s' list", tool, dir) == 0);
+	CHECK(count_lines(&out) == 5);
+	CHECK(out.len > 0 && strncmp(out.data, "0000000100000040 1970-01-01T00:00:00Z ", 38) == 0);
+	CHECK(check_contains(out.data, out.len, " s@example.org r@example.com\n"));
+	CHECK(check_contains(out.data, out.len, "\n0100000200000040 "));
+
+	CHECK(run(&out, "'%s' -d '%s' cat %s", tool, dir, id1) == 0);
+	CHECK(out.len == want_len && memcmp(out.data, want_msg, want_len) == 0);
+	/* lower-case ids are fine; an unknown one is an error */
+	for (char *c = id1; *c; c++)
+		if (*c >= 'A' && *c <= 'F')
+			*c = (char)(*c - 'A' + 'a');
+	CHECK(run(&out, "'%s' -d '%s' cat %s", tool, dir, id1) == 0);
+	CHECK(out.len == want_len);
+	CHECK(run(&out, "'%s' -d '%s' cat 0000000100000041 2>/dev/null", tool, dir) == 1);
+	CHECK(out.len == 0);
+	CHECK(run(&out, "'%s' -d '%s' show 0100000200000040", tool, dir) == 0);
+	CHECK(check_contains(out.data, out.len, "helo: h.example (EHLO)\n"));
+	CHECK(check_contains(out.data, out.len, "rcpt: <r@example.com> notify=- orcpt=-\n"));
+	CHECK(run(&out, "'%s' -d '%s' cat --envelope 0100000200000040", tool, dir) == 0);
+	CHECK(check_contains(out.data, out.len, "mail-from: <s@example.org>\n"));
+
+	CHECK(run(&out, "'%s' -d '%s' verify", tool, dir) == 0);
+	CHECK_STR_EQ(out.len ? out.data : "", "5 records ok, 0 corrupt, 0 torn\n");
+
+	CHECK(run(&out, "'%s' -d '%s' export --maildir '%s/md'", tool, dir, dir) == 0);
+	CHECK(check_contains(out.data, out.len, "exported 5 messages"));
+	CHECK(run(&out, "ls '%s/md/new' | wc -l", dir) == 0 && out.len && atoi(out.data) == 5);
+	/* received_unix_ns is 1 for the second record: 0 seconds */
+	CHECK(run(&out, "'%s' -d '%s' cat %s | cmp -s - '%s/md/new/0.M%s.mxd'", tool, dir, id_upper,
+		  dir, id_upper) == 0);
+	CHECK(run(&out, "'%s' -d '%s' export --maildir '%s/md'", tool, dir, dir) == 0);
+	CHECK(check_contains(out.data, out.len, "exported 0 messages"));
+	CHECK(check_contains(out.data, out.len, "(5 already there)"));
+
+	/* damage: a bad record in the middle, a torn tail; verify reports and
+	 * fails, and changes nothing */
+	seg.data[offs0[1] + 70] ^= 4;
+	snprintf(path, sizeof path, "%s/00/00000001.seg", dir);
+	write_file(path, seg.data, seg.len);
+	snprintf(path, sizeof path, "%s/01/00000002.seg", dir);
+	write_file(path, seg1.data, seg1.len - 3);
+	CHECK(run(&out, "'%s' -d '%s' verify", tool, dir) == 1);
+	char want[400];
+	snprintf(want, sizeof want, "%s/00/00000001.seg: offset %zu: bad CRC", dir, offs0[1]);
+	CHECK(check_contains(out.data, out.len, want));
+	snprintf(want, sizeof want, "%s/01/00000002.seg: offset %zu: torn tail", dir, offs1[1]);
+	CHECK(check_contains(out.data, out.len, want));
+	CHECK(check_contains(out.data, out.len, "3 records ok, 1 corrupt, 1 torn\n"));
+	CHECK(file_size(path) == (long)seg1.len - 3);
+	CHECK(run(&out, "'%s' -d '%s' list 2>/dev/null", tool, dir) == 0);
+	CHECK(count_lines(&out) == 3);
+
+	/* usage errors */
+	CHECK(run(&out, "'%s' -d '%s' 2>/dev/null", tool, dir) == 2);
+	CHECK(run(&out, "'%s' -d '%s' frobnicate 2>/dev/null", tool, dir) == 2);
+	CHECK(run(&out, "'%s' -d '%s' export 2>/dev/null", tool, dir) == 2);
+	CHECK(run(&out, "'%s' -h", tool) == 0 && check_contains(out.data, out.len, "usage:"));
+	CHECK(run(&out, "'%s' -d '%s/nonexistent' list 2>/dev/null", tool, dir) == 1);
+
+	free(want_msg);
+	buf_free(&seg);
+	buf_free(&seg1);
+	buf_free(&out);
+	char cmd[PATH_MAX + 16];
+	snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+	CHECK(system(cmd) == 0);
+}
+
 int main(void)
 {
 	test_crc();
@@ -935,5 +1095,6 @@ int main(void)
 	test_walk();
 	test_walk_embedded();
 	test_recover();
+	test_mxspool();
 	return check_report("test_spool");
 }
