@@ -52,12 +52,13 @@ static bool reply_is_negative(const char *text)
 	return text[0] == '4' || text[0] == '5';
 }
 
-/* Reply text may quote what the client sent (an address, a parameter);
- * control bytes must never reach the wire or the log. */
+/* Reply text may quote what the client sent (an address, a parameter):
+ * only printable ASCII reaches the wire and the log, so no control byte
+ * and no half of a UTF-8 sequence can be injected into either. */
 static void reply_sanitize(char *text)
 {
 	for (char *c = text; *c; c++)
-		if ((unsigned char)*c < 0x20 || *c == 0x7f)
+		if ((unsigned char)*c < 0x20 || (unsigned char)*c > 0x7e)
 			*c = '?';
 }
 
