@@ -9,6 +9,7 @@
  * OpenSMTPD; that keeps every reference check at the position of the
  * reference itself. */
 #include "conf.h"
+#include "policy.h" /* policy_valid_net: one definition of an address entry */
 
 #include <arpa/inet.h>
 #include <assert.h>
@@ -89,6 +90,9 @@ struct parser {
 	/* A pki whose line had an error: not also "has no key" at the end. */
 	bool *pki_bad;
 	size_t cap_pki_bad;
+	/* Tables whose entries were checked as addresses (from <t>). */
+	bool *addr_checked;
+	size_t n_addr_checked;
 	int seen[SEEN_COUNT];
 };
 
@@ -123,6 +127,29 @@ static void perr_at(struct parser *p, int line, int col, const char *fmt, ...)
 	}
 	errs_vprintf(p, line, col, fmt, ap);
 	va_end(ap);
+}
+
+/* An error in another file (a table file), at its own line. */
+static void perr_file(struct parser *p, const char *file, int line, int col, const char *fmt, ...)
+	__attribute__((format(printf, 5, 6)));
+static void perr_file(struct parser *p, const char *file, int line, int col, const char *fmt, ...)
+{
+	if (p->gave_up)
+		return;
+	const char *saved = p->name;
+	p->name = file;
+	p->nerrors++;
+	va_list ap;
+	va_start(ap, fmt);
+	if (p->nerrors > CONF_MAX_ERRORS) {
+		p->gave_up = true;
+		if (p->errs)
+			buf_printf(p->errs, "%s:%d:%d: too many errors, giving up\n", file, line, col);
+	} else {
+		errs_vprintf(p, line, col, fmt, ap);
+	}
+	va_end(ap);
+	p->name = saved;
 }
 
 /* An error about token t. A T_ERROR token was reported by the lexer. */
@@ -1165,6 +1192,42 @@ static const char *literal_domain_table(struct parser *p, const char *domain, in
 	return t->name;
 }
 
+/* A table used as "from <t>" holds client addresses: check every entry
+ * now (once per table), so a bad one is reported with the other errors,
+ * where it was written. policy_build checks again for configs built by
+ * other means. */
+static int check_addr_table(struct parser *p, const char *name)
+{
+	const struct conf_table *t = conf_table_find(p->c, name);
+	if (!t)
+		return -1;
+	size_t idx = (size_t)(t - p->c->tables);
+	if (idx >= p->n_addr_checked) {
+		size_t n = p->c->ntables;
+		bool *a = reallocarray(p->addr_checked, n, sizeof *a);
+		if (!a) {
+			oom(p);
+			return -1;
+		}
+		memset(a + p->n_addr_checked, 0, (n - p->n_addr_checked) * sizeof *a);
+		p->addr_checked = a;
+		p->n_addr_checked = n;
+	}
+	if (p->addr_checked[idx])
+		return 0;
+	p->addr_checked[idx] = true;
+	int rc = 0;
+	for (size_t i = 0; i < t->n; i++) {
+		if (policy_valid_net(t->keys[i]))
+			continue;
+		const char *file = t->kind == CONF_TABLE_FILE && t->path ? t->path : p->name;
+		perr_file(p, file, t->entry_line[i], t->entry_col[i],
+			  "table \"%s\": invalid address or CIDR %s", t->name, quote(t->keys[i]).s);
+		rc = -1;
+	}
+	return rc;
+}
+
 static void rule_free(struct conf_rule *r)
 {
 	free(r->from_table);
@@ -1196,6 +1259,9 @@ static int d_accept(struct parser *p, const struct token *dir)
 		r.from = CONF_FROM_TABLE;
 		if (want_table_ref(p, "<table>", &r.from_table) < 0)
 			goto out;
+		/* Bad entries are errors of the table's lines; the rule itself
+		 * is fine, so parsing goes on. */
+		check_addr_table(p, r.from_table);
 	} else {
 		perr(p, &p->tok, "expected any, local, authenticated or <table> after \"from\"");
 		goto out;
@@ -1572,6 +1638,7 @@ struct conf *conf_parse(const char *name, const char *text, size_t len, struct b
 		finish(p);
 	bool ok = p->nerrors == 0 && !p->oom;
 	free(p->pki_bad);
+	free(p->addr_checked);
 	free(p);
 	if (!ok) {
 		conf_free(c);

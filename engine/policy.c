@@ -182,6 +182,12 @@ static bool parse_net(const char *text, struct net *n)
 	return true;
 }
 
+bool policy_valid_net(const char *text)
+{
+	struct net n;
+	return parse_net(text, &n);
+}
+
 /* The table's entries as networks. With errs, a bad entry is an error
  * at its position; without, it only means the table is not an address
  * table. */
@@ -210,8 +216,10 @@ static int nets_build(struct ptable *t, const struct conf_table *ct, const struc
 			   col, ct->name);
 		for (const char *q = ct->keys[k]; *q && q - ct->keys[k] < 80; q++) {
 			unsigned char ch = (unsigned char)*q;
-			if (ch < 0x20 || ch >= 0x7f || ch == '"' || ch == '\\')
+			if (ch < 0x20 || ch >= 0x7f)
 				buf_printf(errs, "\\x%02x", ch);
+			else if (ch == '"' || ch == '\\')
+				buf_printf(errs, "\\%c", ch);
 			else
 				buf_append(errs, q, 1);
 		}

@@ -29,6 +29,11 @@ void policy_free(struct policy *p);
 enum policy_verdict policy_check_rcpt(const struct policy *p, const struct smtp_peer *peer,
 				      const char *rcpt);
 
+/* Is text an address or CIDR network a "from <table>" may hold?
+ * ("192.0.2.0/24", "2001:db8::/32", "203.0.113.7", "[::1]"). The parser
+ * uses it to report bad entries with its other errors. */
+bool policy_valid_net(const char *text);
+
 /* Does addr (a client address) match a table of addresses and CIDRs?
  * False for an unknown table and for a table with any entry that is not an
  * address or CIDR. An IPv4-mapped IPv6 address matches as IPv4. */

@@ -408,6 +408,23 @@ static void test_accept(void)
 	PARSE_ERR("accept from anywhere for any\n",
 		  "mxd.conf:1:13: expected any, local, authenticated or <table> after \"from\"\n");
 	PARSE_ERR("accept from <nets> for any\n", "mxd.conf:1:13: unknown table \"nets\"\n");
+	/* a from-table holds addresses: bad entries are errors where they
+	 * were written, reported once, among the other errors */
+	c = parse("table nets { 192.0.2.0/24, 10.0.0.0/33,\n  example.com }\n"
+		  "lisen\n"
+		  "accept from <nets> for any\n"
+		  "accept from <nets> for domain example.com\n"
+		  "cores 0\n");
+	CHECK(c == NULL);
+	CHECK_STR_EQ(errtext, "mxd.conf:3:1: unknown directive \"lisen\"\n"
+			      "mxd.conf:1:28: table \"nets\": invalid address or CIDR \"10.0.0.0/33\"\n"
+			      "mxd.conf:2:3: table \"nets\": invalid address or CIDR \"example.com\"\n"
+			      "mxd.conf:6:7: cores below 1\n");
+	PARSE_ERR("table nets file:conf/t1\naccept from <nets> for any\n",
+		  "conf/t1:3:3: table \"nets\": invalid address or CIDR \"k#1\"\n");
+	/* the same table for domains only: no address check */
+	c = PARSE_OK("table t { example.com }\naccept from any for domain <t>\n");
+	conf_free(c);
 	PARSE_ERR("accept from any\n", "mxd.conf:1:16: expected \"for\"\n");
 	PARSE_ERR("accept from any to any\n", "mxd.conf:1:17: expected \"for\"\n");
 	PARSE_ERR("accept from any for all\n", "mxd.conf:1:21: expected any or domain after \"for\"\n");
