@@ -297,10 +297,14 @@ def lf_to_crlf_equal(expected_crlf, got):
 
 
 def smtplib_expected(msg):
-    """The content smtplib puts on the wire for msg, before dot-stuffing:
-    every CRLF / LF / lone CR becomes CRLF, and a final CRLF is added when
-    missing (what Lib/smtplib.py's data() does)."""
-    q = re.sub(rb"(?:\r\n|\n|\r(?!\n))", CRLF, msg)
+    """The content smtplib's data() puts on the wire for msg, before
+    dot-stuffing (Lib/smtplib.py): a str has every CRLF / LF / lone CR made
+    CRLF and is encoded as ASCII; bytes are sent as they are. Either way a
+    final CRLF is added when missing."""
+    if isinstance(msg, str):
+        q = re.sub(r"(?:\r\n|\n|\r(?!\n))", "\r\n", msg).encode("ascii")
+    else:
+        q = msg
     if q[-2:] != CRLF:
         q += CRLF
     return q
@@ -494,6 +498,21 @@ class MxdTestCase(unittest.TestCase):
         shutil.rmtree(self.tmp, ignore_errors=True)
         if problems:
             self.fail("\n\n".join(problems))
+
+    def scratch_dir(self, name, need_bytes=2 << 30):
+        """A directory for bulk output that is read once and thrown away
+        (Maildir exports): on tmpfs when there is room, since mxspool fsyncs
+        every exported file the way Maildir delivery must, and 200,000
+        fsyncs on a real disk take minutes."""
+        base = self.tmp
+        try:
+            st = os.statvfs("/dev/shm")
+            if st.f_bavail * st.f_frsize > need_bytes:
+                base = tempfile.mkdtemp(prefix="mxdtest.", dir="/dev/shm")
+                self.addCleanup(shutil.rmtree, base, True)
+        except OSError:
+            pass
+        return os.path.join(base, name)
 
     def workdir(self, name):
         p = os.path.join(self.tmp, name)

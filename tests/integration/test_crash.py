@@ -42,11 +42,13 @@ class Client(threading.Thread):
         tid = "r%d-c%d-m%d" % (self.round, self.index, self.n)
         size = self.rng.choice((50, 500, 3000, 20000, 120000))
         payload = []
-        while sum(len(p) for p in payload) < size:
+        total = 0
+        while total < size:
             line = "%x" % self.rng.getrandbits(self.rng.choice((8, 64, 300)))
             if self.rng.random() < 0.05:
                 line = "." + line  # exercises dot-stuffing
             payload.append(line.encode() + CRLF)
+            total += len(line) + 2
         content = (b"Subject: crash test\r\nX-Test-Id: " + tid.encode() + b"\r\n\r\n" +
                    b"".join(payload))
         return tid, content
@@ -138,7 +140,7 @@ class CrashTest(MxdTestCase):
             self.assertIsNotNone(qid, tid)
             self.assertIn(qid, id_set, "acknowledged %s (%s) missing from the spool" % (tid, qid))
 
-        exported = spool_export(d.spool, os.path.join(self.tmp, "maildir"))
+        exported = spool_export(d.spool, self.scratch_dir("maildir"))
         self.assertEqual(len(exported), len(ids), "export count != list count")
         seen = {}
         for name, raw in exported.items():

