@@ -170,14 +170,17 @@ void smtp_session_free(struct smtp_session *s);
 void smtp_greeting(struct smtp_session *s, struct buf *out);
 
 /* Consume up to len bytes. *consumed is how far it got; on SMTP_NEED_MORE
- * that is all of it. Replies are appended to out. */
+ * that is all of it. Replies are appended to out. Fed again before
+ * smtp_commit_done / smtp_tls_established, or after the session closed, it
+ * takes nothing and returns the same status. */
 enum smtp_status smtp_feed(struct smtp_session *s, const char *data, size_t len,
 			   size_t *consumed, struct buf *out);
 
 /* The spool's verdict on the message of the last SMTP_MESSAGE_READY:
  * ok → "250 2.0.0 Ok: queued as ID", else "451 4.3.0 ..." (or with
  * `temp_full` "452 4.3.1 Insufficient system storage"). Resets the
- * transaction and returns to command state. */
+ * transaction and returns to command state. If the session was closed
+ * meanwhile (timeout, shutdown), nothing is written: no reply follows 421. */
 void smtp_commit_done(struct smtp_session *s, bool ok, bool temp_full,
 		      const char *id, struct buf *out);
 

@@ -19,6 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "conf.h"
+#include "policy.h"
 #include "smtp.h"
 
 #define HOST "fuzz.test"
@@ -140,8 +142,9 @@ static void message_ready(struct fuzz_run *r)
 	for (uint32_t i = 0; i < env->nrcpt; i++)
 		if (!env->rcpts[i].addr || strlen(env->rcpts[i].addr) > 256)
 			abort();
-	unsigned mode = (r->commit_mode + r->commits++) % 4;
-	smtp_commit_done(&r->s, mode != 1 && mode != 2, mode == 2, "FUZZ1", &r->out);
+	/* ok, write error, spool full, ok, ... */
+	unsigned mode = (r->commit_mode + r->commits++) % 3;
+	smtp_commit_done(&r->s, mode == 0, mode == 2, "FUZZ1", &r->out);
 }
 
 /* Feed one piece; false once the session is over. *drop is set when the
@@ -179,6 +182,33 @@ static bool feed_piece(struct fuzz_run *r, const char *p, size_t n)
 	abort();
 }
 
+/* The real policy: example.com is ours and only alice exists there. */
+static const struct policy *fuzz_policy(void)
+{
+	static char *domain_keys[] = { "example.com" };
+	static char *user_keys[] = { "alice@example.com" };
+	static char *no_values[] = { NULL };
+	static struct conf_table tables[] = {
+		{ .name = "domains", .kind = CONF_TABLE_LIST, .keys = domain_keys,
+		  .values = no_values, .n = 1 },
+		{ .name = "users", .kind = CONF_TABLE_LIST, .keys = user_keys,
+		  .values = no_values, .n = 1 },
+	};
+	static struct conf_rule rules[] = {
+		{ .from = CONF_FROM_ANY, .for_what = CONF_FOR_DOMAIN, .domain_table = "domains",
+		  .recipient_table = "users" },
+	};
+	static struct conf c = { .path = "fuzz", .tables = tables, .ntables = 2,
+				 .rules = rules, .nrules = 1 };
+	static struct policy *p;
+	if (!p && !(p = policy_build(&c, NULL)))
+		abort();
+	return p;
+}
+
+/* flags: 0x01 accept bare newlines, 0x02 STARTTLS offered, 0x04 TLS
+ * required, 0x08 client already in TLS, 0x10 first commit fails, 0x20
+ * recipients go through the policy, 0x40 max-errors 5, 0x80 small limits. */
 static void configure(struct fuzz_run *r, uint8_t flags)
 {
 	bool small = flags & 0x80;
@@ -191,12 +221,12 @@ static void configure(struct fuzz_run *r, uint8_t flags)
 		.accept_bare_newlines = flags & 0x01,
 		.starttls_offered = flags & 0x02,
 		.tls_required = flags & 0x04,
-		.policy = NULL,
+		.policy = (flags & 0x20) ? fuzz_policy() : NULL,
 	};
 	memset(&r->peer, 0, sizeof r->peer);
 	memcpy(r->peer.addr_str, "192.0.2.7", 10);
 	r->peer.tls = flags & 0x08;
-	r->commit_mode = (flags >> 4) & 3;
+	r->commit_mode = (flags & 0x10) ? 1 : 0;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
