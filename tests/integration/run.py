@@ -28,9 +28,14 @@ def main():
     suite = loader.discover(HERE, pattern=args.pattern, top_level_dir=HERE)
     result = unittest.TextTestRunner(verbosity=2, stream=sys.stdout, buffer=False).run(suite)
 
-    failed = len(result.failures) + len(result.errors) + len(result.unexpectedSuccesses)
-    skipped = len(result.skipped)
-    passed = result.testsRun - failed - skipped
+    # A test can report twice (its body and its cleanup both fail): count
+    # tests, not reports.
+    bad = {t.id() for t, _ in result.failures + result.errors}
+    bad |= {t.id() for t in result.unexpectedSuccesses}
+    skipped_ids = {t.id() for t, _ in result.skipped} - bad
+    failed = len(bad)
+    skipped = len(skipped_ids)
+    passed = max(0, result.testsRun - failed - skipped)
     if result.testsRun == 0:
         failed = 1  # a suite that ran nothing is a failure, not a pass
         print("integration: no tests were run")
