@@ -109,8 +109,9 @@ class CrashTest(MxdTestCase):
             clients = [Client(d.port, i, round_no, stop, book) for i in range(CLIENTS)]
             for c in clients:
                 c.start()
-            # Let the load build up, then kill mid-stream.
-            deadline = time.monotonic() + RUN_SECONDS * SLOW
+            # Let the load build up, then kill mid-stream, at a moment that
+            # differs from round to round.
+            deadline = time.monotonic() + (RUN_SECONDS + random.random()) * SLOW
             acked_before = len(book.acked)
             while time.monotonic() < deadline:
                 time.sleep(0.1)

@@ -10,7 +10,7 @@ import smtplib
 import socket
 import unittest
 
-from mxharness import (CRLF, MxdTestCase, RawSmtp, dot_stuff, queued_id, smtplib_expected,
+from mxharness import (CRLF, MxdTestCase, RawSmtp, dot_stuff, mxspool, queued_id, smtplib_expected,
                        spool_list_lines, split_received, strip_received)
 
 
@@ -169,6 +169,75 @@ class SmtplibTest(MxdTestCase):
             self.assertEnhanced(c.cmd("RCPT TO:<b@example.com>"), 250)
             self.assertEnhanced(c.cmd("RCPT TO:<b@example.com.evil.example>"), 554, "5.7.1")
             c.cmd("QUIT")
+        self.stop_ok(d)
+
+    def test_esmtp_parameters_kept_in_envelope(self):
+        """SIZE, BODY, SMTPUTF8, RET, ENVID, NOTIFY and ORCPT are validated
+        and end up in the spooled envelope (mxspool show)."""
+        d = self.mxd()
+        with RawSmtp(d.port) as c:
+            c.connect_greeting()
+            c.ehlo()
+            for bad in ("RET=MAYBE", "BODY=9BIT", "SIZE=abc", "ENVID=a\x7fb", "RET=FULL RET=HDRS"):
+                r = c.cmd("MAIL FROM:<a@example.org> " + bad)
+                self.assertEqual(r.code // 100, 5, (bad, r))
+                self.assertEnhanced(r, r.code)
+            self.assertEnhanced(c.cmd("MAIL FROM:<a@example.org> SIZE=100 BODY=8BITMIME SMTPUTF8 "
+                                      "RET=HDRS ENVID=abc+2Bx"), 250)
+            self.assertEnhanced(c.cmd("RCPT TO:<b@example.com> NOTIFY=FOO"), 501)
+            self.assertEnhanced(c.cmd("RCPT TO:<b@example.com> NOTIFY=NEVER,SUCCESS"), 501)
+            self.assertEnhanced(c.cmd("RCPT TO:<b@example.com> NOTIFY=SUCCESS,FAILURE "
+                                      "ORCPT=rfc822;b+40x@example.com"), 250)
+            self.assertEnhanced(c.cmd("RCPT TO:<c@example.com> NOTIFY=NEVER"), 250)
+            self.assertEqual(c.cmd("DATA").code, 354)
+            c.send(b"Subject: params\r\n\r\n\xc3\xa9\r\n.\r\n")
+            r = c.reply()
+            self.assertEnhanced(r, 250)
+            qid = queued_id(r.text)
+            c.cmd("QUIT")
+        self.stop_ok(d)
+        show = mxspool(d.spool, "show", qid).stdout.decode()
+        for line in ("mail-from: <a@example.org>", "size: 100", "body: 8BITMIME", "smtputf8: yes",
+                     "ret: HDRS", "envid: abc+2Bx", "recipients: 2",
+                     "rcpt: <b@example.com> notify=SUCCESS,FAILURE orcpt=rfc822;b+40x@example.com",
+                     "rcpt: <c@example.com> notify=NEVER", "helo: client.example.org (EHLO)",
+                     "client: 127.0.0.1"):
+            self.assertIn(line, show)
+
+    def test_policy_tables(self):
+        """First-match accept rules: a client-address table (CIDR), a domain
+        table, a recipient table read from a file; 550 5.1.1 for an unknown
+        user of our domain, 554 5.7.1 for a foreign one."""
+        users = os.path.join(self.tmp, "users")
+        with open(users, "w") as f:
+            f.write("# recipients we know\nalice@example.com\n\n@example.org\n")
+        d = self.mxd(rules=["table nets { 127.0.0.2, 10.0.0.0/8, 127.0.0.64/26 }",
+                            "table users file:%s" % users,
+                            "accept from <nets> for any",
+                            "accept from any for domain <domains> recipient <users>"])
+        with RawSmtp(d.port) as c:  # 127.0.0.1: not in <nets>
+            c.connect_greeting()
+            c.ehlo()
+            self.assertEnhanced(c.cmd("MAIL FROM:<a@example.org>"), 250)
+            self.assertEnhanced(c.cmd("RCPT TO:<alice@example.com>"), 250, "2.1.5")
+            self.assertEnhanced(c.cmd("RCPT TO:<ALICE@Example.COM>"), 250, "2.1.5")
+            self.assertEnhanced(c.cmd("RCPT TO:<bob@example.com>"), 550, "5.1.1")
+            self.assertEnhanced(c.cmd("RCPT TO:<anyone@example.org>"), 250)
+            self.assertEnhanced(c.cmd("RCPT TO:<x@foreign.example>"), 554, "5.7.1")
+            self.assertEnhanced(c.cmd("RCPT TO:<postmaster>"), 250)
+            c.cmd("QUIT")
+        for source, relay_ok in (("127.0.0.2", True), ("127.0.0.100", True), ("127.0.0.3", False),
+                                 ("127.0.0.128", False)):
+            with RawSmtp(d.port, source=source) as c:
+                c.connect_greeting()
+                c.ehlo()
+                c.cmd("MAIL FROM:<a@example.org>")
+                r = c.cmd("RCPT TO:<x@foreign.example>")
+                if relay_ok:
+                    self.assertEnhanced(r, 250)
+                else:
+                    self.assertEnhanced(r, 554, "5.7.1")
+                c.cmd("QUIT")
         self.stop_ok(d)
 
     def test_size_limits(self):
