@@ -404,7 +404,7 @@ static void *core_main(void *arg)
 	log_info("stopped: %llu messages committed in %llu batches",
 		 (unsigned long long)core->spool.committed_messages,
 		 (unsigned long long)core->spool.batches);
-	log_flush();
+	log_thread_exit();
 	io_uring_queue_exit(&core->ring);
 	conn_free_pool(core);
 	release_views(core);

@@ -94,3 +94,10 @@ void log_msg(enum log_level level, const char *fmt, ...)
 		log_flush();
 	}
 }
+
+void log_thread_exit(void)
+{
+	log_flush();
+	buf_free(&log_pending);
+	log_buffered = 0;
+}

@@ -15,6 +15,8 @@ enum log_level log_get_level(void);
 void log_thread_init(const char *name, int buffered);
 void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void log_flush(void);
+/* Flush and free this thread's buffer (a core thread that ends). */
+void log_thread_exit(void);
 
 #define log_error(...) log_msg(LOG_ERROR, __VA_ARGS__)
 #define log_warn(...) log_msg(LOG_WARN, __VA_ARGS__)
