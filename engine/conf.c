@@ -62,6 +62,7 @@ enum {
 	SEEN_SPOOL,
 	SEEN_CORES,
 	SEEN_SEGMENT_SIZE,
+	SEEN_KTLS,
 	SEEN_TIMEOUT_GREETING,
 	SEEN_TIMEOUT_COMMAND,
 	SEEN_TIMEOUT_DATA_INIT,
@@ -1499,6 +1500,24 @@ static int d_cores(struct parser *p, const struct token *dir)
 	return want_u32(p, "cores", 1, CONF_MAX_CORES, &p->c->cores);
 }
 
+static int d_ktls(struct parser *p, const struct token *dir)
+{
+	if (once(p, SEEN_KTLS, dir) < 0)
+		return -1;
+	if (is_kw(p, "auto"))
+		p->c->ktls = CONF_KTLS_AUTO;
+	else if (is_kw(p, "on"))
+		p->c->ktls = CONF_KTLS_ON;
+	else if (is_kw(p, "off"))
+		p->c->ktls = CONF_KTLS_OFF;
+	else {
+		perr(p, &p->tok, "expected auto, on or off");
+		return -1;
+	}
+	lex(p);
+	return 0;
+}
+
 static int d_hostname(struct parser *p, const struct token *dir)
 {
 	if (once(p, SEEN_HOSTNAME, dir) < 0)
@@ -1535,6 +1554,7 @@ static const struct directive {
 	{"cores", d_cores},
 	{"hostname", d_hostname},
 	{"segment-size", d_segment_size},
+	{"ktls", d_ktls},
 };
 
 static int statement(struct parser *p)
@@ -1603,6 +1623,7 @@ static void conf_defaults(struct conf *c)
 	c->timeouts.drain = 30 * 1000;
 	c->cores = 0;
 	c->segment_size = CONF_DEFAULT_SEGMENT_SIZE;
+	c->ktls = CONF_KTLS_AUTO;
 }
 
 struct conf *conf_parse(const char *name, const char *text, size_t len, struct buf *errs)

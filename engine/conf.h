@@ -81,6 +81,12 @@ struct conf_timeouts {
 	uint32_t drain;                   /* SIGTERM: finish transactions up to this */
 };
 
+/* "ktls auto|on|off": hand TLS records to the kernel after the handshake.
+ * auto uses kTLS when the kernel accepts TCP_ULP "tls" and the session's
+ * version and cipher allow it, else BoringSSL keeps the records; on
+ * insists (start-up fails without kernel support); off never uses it. */
+enum conf_ktls { CONF_KTLS_AUTO, CONF_KTLS_ON, CONF_KTLS_OFF };
+
 struct conf {
 	char *path;                       /* file it came from */
 	char *hostname;                   /* "hostname NAME"; default gethostname() at load */
@@ -104,6 +110,7 @@ struct conf {
 	char *spool_dir;                  /* default "var/spool" */
 	uint32_t cores;                   /* 0 = auto */
 	uint64_t segment_size;            /* "segment-size", default 256M */
+	enum conf_ktls ktls;              /* default auto */
 };
 
 /* Parse text (name is used in error messages). Table files and relative

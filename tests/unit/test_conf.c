@@ -185,6 +185,7 @@ static void test_defaults(void)
 	CHECK_STR_EQ(c->spool_dir, "var/spool");
 	CHECK(c->cores == 0);
 	CHECK(c->segment_size == 256ull << 20);
+	CHECK(c->ktls == CONF_KTLS_AUTO);
 	CHECK(c->hostname != NULL && c->hostname[0] != '\0');
 	conf_free(c);
 
@@ -526,6 +527,26 @@ static void test_limits(void)
 		  "mxd.conf:2:1: duplicate \"max-message-size\" (first set on line 1)\n");
 }
 
+static void test_ktls(void)
+{
+	struct conf *c = PARSE_OK("ktls on\n");
+	CHECK(c && c->ktls == CONF_KTLS_ON);
+	conf_free(c);
+	c = PARSE_OK("ktls off # userspace records only\n");
+	CHECK(c && c->ktls == CONF_KTLS_OFF);
+	conf_free(c);
+	c = PARSE_OK("ktls auto\n");
+	CHECK(c && c->ktls == CONF_KTLS_AUTO);
+	conf_free(c);
+
+	PARSE_ERR("ktls\n", "mxd.conf:1:5: expected auto, on or off\n");
+	PARSE_ERR("ktls yes\n", "mxd.conf:1:6: expected auto, on or off\n");
+	PARSE_ERR("ktls \"off\"\n", "mxd.conf:1:6: expected auto, on or off\n"); /* a keyword */
+	PARSE_ERR("ktls ON\n", "mxd.conf:1:6: expected auto, on or off\n");
+	PARSE_ERR("ktls on off\n", "mxd.conf:1:9: unexpected \"off\"\n");
+	PARSE_ERR("ktls on\nktls off\n", "mxd.conf:2:1: duplicate \"ktls\" (first set on line 1)\n");
+}
+
 static void test_lexer(void)
 {
 	/* strings with escapes, comments after statements, CRLF, continuation */
@@ -727,6 +748,7 @@ int main(void)
 	test_tables();
 	test_accept();
 	test_limits();
+	test_ktls();
 	test_lexer();
 	test_sizes();
 	test_load();
