@@ -32,6 +32,22 @@
 #define SMTP_REPLY_MAX 1024
 /* The shortest command line that still fits "QUIT\r\n" and friends. */
 #define SMTP_MIN_LINE_LENGTH 8
+/* RFC 4954 4: the longest line of an AUTH exchange a server must take.
+ * The configured line limit applies when it is smaller. */
+#define SMTP_AUTH_LINE_MAX 12288
+/* RFC 4954 5: AUTH= on MAIL is an xtext-encoded mailbox (or "<>"). */
+#define SMTP_AUTH_PARAM_MAX 500
+/* Credentials that fit the session's buffers (NUL excluded). */
+#define SMTP_AUTH_USER_MAX 255
+#define SMTP_AUTH_PASSWORD_MAX 1023
+/* The longest PLAIN message that can carry them: authzid (at most as long
+ * as the authcid it must equal), NUL, authcid, NUL, password. */
+#define SMTP_AUTH_PLAIN_MAX (SMTP_AUTH_USER_MAX + 1 + SMTP_AUTH_USER_MAX + 1 + SMTP_AUTH_PASSWORD_MAX)
+
+_Static_assert(sizeof(((struct smtp_session *)0)->auth_user) == SMTP_AUTH_USER_MAX + 1,
+	       "auth_user holds SMTP_AUTH_USER_MAX octets and a NUL");
+_Static_assert(sizeof(((struct smtp_session *)0)->auth_password) == SMTP_AUTH_PASSWORD_MAX + 1,
+	       "auth_password holds SMTP_AUTH_PASSWORD_MAX octets and a NUL");
 
 /* A slice of the input; nothing in the command reader is NUL-terminated. */
 struct span {
@@ -70,11 +86,42 @@ static void reply_append(struct buf *out, const char *text)
 	(void)buf_append(out, "\r\n", 2);
 }
 
+/* Where an AUTH exchange is. While it is not AUTH_IDLE, the command
+ * reader's lines are responses to a 334 challenge, never commands. */
+enum auth_step {
+	AUTH_IDLE = 0,
+	AUTH_PLAIN_RESPONSE,  /* "334 " sent: the PLAIN message comes next */
+	AUTH_LOGIN_USER,      /* "334 VXNlcm5hbWU6" (Username:) sent */
+	AUTH_LOGIN_PASSWORD,  /* "334 UGFzc3dvcmQ6" (Password:) sent */
+	AUTH_CHECK,           /* credentials complete, waiting for smtp_auth_done */
+};
+
+/* A LOGIN username that cannot be right is only refused once the password
+ * line has been read: refusing it at once would leave the password to be
+ * read, and logged, as a command. */
+enum auth_deferred {
+	AUTH_DEFER_NONE = 0,
+	AUTH_DEFER_MALFORMED, /* NUL inside: 501 */
+	AUTH_DEFER_INVALID,   /* too long to be any user's: 535 */
+};
+
+/* The exchange is over without a check: nothing secret stays behind. */
+static void auth_end(struct smtp_session *s)
+{
+	s->auth_step = AUTH_IDLE;
+	s->auth_deferred = AUTH_DEFER_NONE;
+	explicit_bzero(s->auth_password, sizeof s->auth_password);
+}
+
 static void session_close(struct smtp_session *s)
 {
 	s->state = SMTP_S_CLOSED;
 	s->line_len = 0;
 	s->line_overflow = false;
+	/* Credentials handed to the shell stay until smtp_auth_done (it may
+	 * be reading them); an exchange still in progress is dropped. */
+	if (s->auth_step != AUTH_CHECK)
+		auth_end(s);
 }
 
 static void vreply(struct smtp_session *s, struct buf *out, const char *verb,
@@ -594,9 +641,11 @@ enum mail_param_bit {
 	MAIL_SMTPUTF8 = 4,
 	MAIL_RET = 8,
 	MAIL_ENVID = 16,
+	MAIL_AUTH = 32,
 };
 
 struct mail_params {
+	bool auth_allowed;  /* the AUTH extension is in force (RFC 4954 5) */
 	unsigned seen;
 	uint64_t size;
 	enum smtp_body_type body_type;
@@ -636,6 +685,13 @@ static enum param_error mail_param_value(struct mail_params *mp, unsigned bit,
 	case MAIL_ENVID:
 		mp->envid = v;
 		return v.n > 0 && v.n <= SMTP_ENVID_MAX && is_xtext(v) ? PARAM_OK : PARAM_BAD_VALUE;
+	case MAIL_AUTH:
+		/* RFC 4954 5: the mailbox a previous hop authenticated, or
+		 * "<>". Checked for syntax, then ignored: mxd is the last hop,
+		 * and only this session's own AUTH says who the client is. */
+		return prm->has_value && v.n > 0 && v.n <= SMTP_AUTH_PARAM_MAX && is_xtext(v)
+			       ? PARAM_OK
+			       : PARAM_BAD_VALUE;
 	}
 	assert(!"unknown MAIL parameter bit");
 	return PARAM_UNSUPPORTED;
@@ -648,7 +704,7 @@ static unsigned mail_param_bit(struct span keyword)
 		unsigned bit;
 	} known[] = {
 		{ "SIZE", MAIL_SIZE }, { "BODY", MAIL_BODY }, { "SMTPUTF8", MAIL_SMTPUTF8 },
-		{ "RET", MAIL_RET },   { "ENVID", MAIL_ENVID },
+		{ "RET", MAIL_RET },   { "ENVID", MAIL_ENVID }, { "AUTH", MAIL_AUTH },
 	};
 	for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
 		if (span_ieq(keyword, known[i].name))
@@ -662,7 +718,7 @@ static enum param_error mail_params_parse(struct span rest, struct mail_params *
 	while (rest.n) {
 		*failed = param_next(&rest);
 		unsigned bit = mail_param_bit(failed->keyword);
-		if (bit == 0)
+		if (bit == 0 || (bit == MAIL_AUTH && !mp->auth_allowed))
 			return PARAM_UNSUPPORTED;
 		if (mp->seen & bit)
 			return PARAM_DUPLICATE;
@@ -795,6 +851,10 @@ static void ehlo_capabilities(struct smtp_session *s, struct buf *out)
 				  "250-CHUNKING\r\n");
 	if (cfg->starttls_offered && !s->peer->tls)
 		(void)buf_append_str(out, "250-STARTTLS\r\n");
+	/* Only inside TLS (a password never crosses the wire in the clear),
+	 * and no longer once it succeeded (RFC 4954 4: a second AUTH is 503). */
+	if (cfg->auth_offered && s->peer->tls && !s->authenticated)
+		(void)buf_append_str(out, "250-AUTH PLAIN LOGIN\r\n");
 	(void)buf_append_str(out, "250 HELP\r\n");
 }
 
@@ -881,7 +941,7 @@ static void cmd_mail(struct smtp_session *s, const char *verb, struct span arg, 
 		return;
 	}
 	rest = span_skip_spaces(span_from(rest, path.used));
-	struct mail_params mp = { 0 };
+	struct mail_params mp = { .auth_allowed = s->cfg->auth_offered && s->peer->tls };
 	struct param failed = { 0 };
 	if (rest.n && !s->env.esmtp) {
 		failed = param_next(&rest);
@@ -1137,10 +1197,254 @@ static void cmd_expn(struct smtp_session *s, const char *verb, struct span arg, 
 	reply(s, out, verb, "502 5.5.1 Error: EXPN not supported");
 }
 
+/* ---------------------------------------------------------------- AUTH */
+
+static int base64_value(unsigned char c)
+{
+	if (c >= 'A' && c <= 'Z')
+		return c - 'A';
+	if (c >= 'a' && c <= 'z')
+		return c - 'a' + 26;
+	if (c >= '0' && c <= '9')
+		return c - '0' + 52;
+	if (c == '+')
+		return 62;
+	if (c == '/')
+		return 63;
+	return -1;
+}
+
+enum base64_result { BASE64_OK, BASE64_INVALID, BASE64_TOO_LONG };
+
+/* Strict base64 (RFC 4648 4): whole quanta, padding only at the end, no
+ * whitespace, no bits set past the data. "=" alone is the empty string
+ * (RFC 4954 4). The whole input is validated before its length is
+ * compared with cap, so junk is always "invalid". */
+static enum base64_result base64_decode(struct span in, unsigned char *out, size_t cap,
+					size_t *out_len)
+{
+	if (in.n == 1 && in.p[0] == '=') {
+		*out_len = 0;
+		return BASE64_OK;
+	}
+	if (in.n % 4 != 0)
+		return BASE64_INVALID;
+	size_t pad = 0;
+	if (in.n && in.p[in.n - 1] == '=')
+		pad = in.p[in.n - 2] == '=' ? 2 : 1;
+	size_t data = in.n - pad;
+	for (size_t i = 0; i < data; i++)
+		if (base64_value((unsigned char)in.p[i]) < 0)
+			return BASE64_INVALID;
+	/* The bits of the last character that fall past the data. */
+	if (pad && (base64_value((unsigned char)in.p[data - 1]) & (pad == 1 ? 0x3 : 0xf)))
+		return BASE64_INVALID;
+	size_t len = in.n / 4 * 3 - pad;
+	if (len > cap)
+		return BASE64_TOO_LONG;
+	size_t o = 0;
+	for (size_t i = 0; i < in.n; i += 4) {
+		uint32_t quantum = 0;
+		for (size_t k = 0; k < 4; k++) {
+			int v = i + k < data ? base64_value((unsigned char)in.p[i + k]) : 0;
+			quantum = (quantum << 6) | (uint32_t)v;
+		}
+		for (size_t k = 0; k < 3 && o < len; k++)
+			out[o++] = (unsigned char)(quantum >> (16 - 8 * k));
+	}
+	assert(o == len);
+	*out_len = len;
+	return BASE64_OK;
+}
+
+/* Refusals end the exchange; like any 5xx they count toward max_errors. */
+static void auth_refuse(struct smtp_session *s, struct buf *out, const char *text)
+{
+	auth_end(s);
+	reply(s, out, "AUTH", "%s", text);
+}
+
+#define AUTH_CANNOT_DECODE "501 5.5.2 Cannot decode response"
+#define AUTH_MALFORMED "501 5.5.2 Malformed authentication response"
+#define AUTH_INVALID "535 5.7.8 Authentication credentials invalid"
+
+/* Both halves are known: hand them to the shell. */
+static void auth_credentials_ready(struct smtp_session *s, const unsigned char *user,
+				   size_t user_len, const unsigned char *password,
+				   size_t password_len, struct buf *out)
+{
+	if (user_len == 0 || user_len > SMTP_AUTH_USER_MAX || password_len == 0 ||
+	    password_len > SMTP_AUTH_PASSWORD_MAX) {
+		auth_refuse(s, out, AUTH_INVALID);
+		return;
+	}
+	assert(!memchr(user, '\0', user_len) && !memchr(password, '\0', password_len));
+	memmove(s->auth_user, user, user_len);
+	s->auth_user[user_len] = '\0';
+	memcpy(s->auth_password, password, password_len);
+	s->auth_password[password_len] = '\0';
+	s->auth_step = AUTH_CHECK;
+	s->auth_deferred = AUTH_DEFER_NONE;
+}
+
+/* RFC 4616: [authzid] NUL authcid NUL passwd. Acting as someone else is
+ * not offered: an authzid must name the authcid itself. */
+static void auth_plain_message(struct smtp_session *s, struct span response, struct buf *out)
+{
+	unsigned char msg[SMTP_AUTH_PLAIN_MAX];
+	size_t n = 0;
+	switch (base64_decode(response, msg, sizeof msg, &n)) {
+	case BASE64_OK:
+		break;
+	case BASE64_INVALID:
+		auth_refuse(s, out, AUTH_CANNOT_DECODE);
+		return;
+	case BASE64_TOO_LONG:
+		auth_refuse(s, out, AUTH_INVALID);
+		return;
+	}
+	const unsigned char *end = msg + n;
+	const unsigned char *nul1 = memchr(msg, '\0', n);
+	const unsigned char *nul2 = nul1 ? memchr(nul1 + 1, '\0', (size_t)(end - nul1 - 1)) : NULL;
+	if (!nul2 || memchr(nul2 + 1, '\0', (size_t)(end - nul2 - 1))) {
+		auth_refuse(s, out, AUTH_MALFORMED);
+	} else {
+		size_t authz_len = (size_t)(nul1 - msg);
+		const unsigned char *user = nul1 + 1;
+		size_t user_len = (size_t)(nul2 - user);
+		if (authz_len && (authz_len != user_len || memcmp(msg, user, user_len) != 0))
+			auth_refuse(s, out, AUTH_INVALID);
+		else
+			auth_credentials_ready(s, user, user_len, nul2 + 1, (size_t)(end - nul2 - 1),
+					       out);
+	}
+	explicit_bzero(msg, sizeof msg);
+}
+
+static void auth_login_user(struct smtp_session *s, struct span response, struct buf *out)
+{
+	unsigned char user[SMTP_AUTH_USER_MAX];
+	size_t n = 0;
+	s->auth_deferred = AUTH_DEFER_NONE;
+	switch (base64_decode(response, user, sizeof user, &n)) {
+	case BASE64_OK:
+		if (memchr(user, '\0', n))
+			s->auth_deferred = AUTH_DEFER_MALFORMED;
+		break;
+	case BASE64_INVALID:
+		auth_refuse(s, out, AUTH_CANNOT_DECODE);
+		return;
+	case BASE64_TOO_LONG:
+		s->auth_deferred = AUTH_DEFER_INVALID;
+		break;
+	}
+	if (s->auth_deferred == AUTH_DEFER_NONE) {
+		memcpy(s->auth_user, user, n);
+		s->auth_user[n] = '\0';
+	}
+	s->auth_step = AUTH_LOGIN_PASSWORD;
+	reply(s, out, "AUTH", "334 UGFzc3dvcmQ6"); /* "Password:" */
+}
+
+static void auth_login_password(struct smtp_session *s, struct span response, struct buf *out)
+{
+	unsigned char password[SMTP_AUTH_PASSWORD_MAX];
+	size_t n = 0;
+	enum base64_result r = base64_decode(response, password, sizeof password, &n);
+	if (r == BASE64_INVALID)
+		auth_refuse(s, out, AUTH_CANNOT_DECODE);
+	else if (s->auth_deferred == AUTH_DEFER_MALFORMED ||
+		 (r == BASE64_OK && memchr(password, '\0', n)))
+		auth_refuse(s, out, AUTH_MALFORMED);
+	else if (s->auth_deferred == AUTH_DEFER_INVALID || r == BASE64_TOO_LONG)
+		auth_refuse(s, out, AUTH_INVALID);
+	else
+		auth_credentials_ready(s, (const unsigned char *)s->auth_user,
+				       strlen(s->auth_user), password, n, out);
+	explicit_bzero(password, sizeof password);
+}
+
+/* One line of the exchange, LF included: a response, never a command. */
+static void auth_line(struct smtp_session *s, const char *p, size_t n, struct buf *out)
+{
+	assert(n >= 1 && p[n - 1] == '\n');
+	n--;
+	if (n && p[n - 1] == '\r')
+		n--;
+	while (n && (p[n - 1] == ' ' || p[n - 1] == '\t'))
+		n--;
+	struct span response = { p, n };
+	if (span_ieq(response, "*")) {
+		auth_refuse(s, out, "501 5.0.0 Authentication cancelled");
+		return;
+	}
+	switch ((enum auth_step)s->auth_step) {
+	case AUTH_PLAIN_RESPONSE:
+		auth_plain_message(s, response, out);
+		return;
+	case AUTH_LOGIN_USER:
+		auth_login_user(s, response, out);
+		return;
+	case AUTH_LOGIN_PASSWORD:
+		auth_login_password(s, response, out);
+		return;
+	case AUTH_IDLE:
+	case AUTH_CHECK:
+		break;
+	}
+	assert(!"auth_line outside an exchange");
+}
+
+/* RFC 4954 4. AUTH is offered only inside TLS, once per session, and
+ * never in the middle of a transaction. */
 static void cmd_auth(struct smtp_session *s, const char *verb, struct span arg, struct buf *out)
 {
-	(void)arg;
-	reply(s, out, verb, "503 5.5.1 Error: authentication not enabled");
+	if (!s->cfg->auth_offered) {
+		reply(s, out, verb, "503 5.5.1 Error: authentication not enabled");
+		return;
+	}
+	if (!s->peer->tls) {
+		reply(s, out, verb,
+		      "538 5.7.11 Encryption required for requested authentication mechanism");
+		return;
+	}
+	if (!s->greeted || !s->env.esmtp) {
+		reply(s, out, verb, "503 5.5.1 Error: send EHLO first");
+		return;
+	}
+	if (s->authenticated) {
+		reply(s, out, verb, "503 5.5.1 Error: already authenticated");
+		return;
+	}
+	if (s->in_transaction) {
+		reply(s, out, verb, "503 5.5.1 Error: AUTH not permitted during a mail transaction");
+		return;
+	}
+	size_t n = token_len(arg);
+	struct span mechanism = { arg.p, n };
+	struct span initial = span_skip_spaces(span_from(arg, n));
+	if (n == 0) {
+		reply(s, out, verb, "501 5.5.4 Syntax: AUTH mechanism [initial-response]");
+		return;
+	}
+	bool plain = span_ieq(mechanism, "PLAIN");
+	if (!plain && !span_ieq(mechanism, "LOGIN")) {
+		reply(s, out, verb, "504 5.5.4 Unrecognized authentication type");
+		return;
+	}
+	memset(s->auth_user, 0, sizeof s->auth_user);
+	auth_end(s);
+	if (plain && initial.n) {
+		auth_plain_message(s, initial, out);
+	} else if (plain) {
+		s->auth_step = AUTH_PLAIN_RESPONSE;
+		reply(s, out, verb, "334 ");
+	} else if (initial.n) {
+		auth_login_user(s, initial, out);
+	} else {
+		s->auth_step = AUTH_LOGIN_USER;
+		reply(s, out, verb, "334 VXNlcm5hbWU6"); /* "Username:" */
+	}
 }
 
 /* RFC 3207. Refused inside a transaction: a handshake there would leave a
@@ -1245,18 +1549,61 @@ static void command_line(struct smtp_session *s, const char *p, size_t n, struct
 	cmd->run(s, cmd->verb, arg, out);
 }
 
+/* The longest line the command reader takes now, CRLF included. An AUTH
+ * exchange never changes in the middle of a line, so neither does this. */
+static size_t line_limit(const struct smtp_session *s)
+{
+	size_t max = s->cfg->max_line_length;
+	if (s->auth_step != AUTH_IDLE && max > SMTP_AUTH_LINE_MAX)
+		max = SMTP_AUTH_LINE_MAX;
+	return max;
+}
+
+/* A line that may carry a password: a response inside an exchange, or an
+ * AUTH command with its initial response. */
+static bool line_is_secret(const struct smtp_session *s, const char *p, size_t n)
+{
+	return s->auth_step != AUTH_IDLE || (n >= 5 && strncasecmp(p, "AUTH ", 5) == 0);
+}
+
+static void line_done(struct smtp_session *s, const char *p, size_t n, struct buf *out)
+{
+	if (s->auth_step != AUTH_IDLE)
+		auth_line(s, p, n, out);
+	else
+		command_line(s, p, n, out);
+}
+
+static void line_too_long(struct smtp_session *s, struct buf *out)
+{
+	if (s->auth_step != AUTH_IDLE)
+		auth_refuse(s, out, "500 5.5.6 Authentication exchange line is too long");
+	else
+		reply(s, out, "?", "500 5.5.2 Error: line too long");
+}
+
+/* Forget a partial line that is being dropped, wiping it if it may hold
+ * a password. */
+static void line_discard(struct smtp_session *s)
+{
+	if (s->line_len && line_is_secret(s, s->line, s->line_len))
+		explicit_bzero(s->line, s->line_len);
+	s->line_len = 0;
+}
+
 /* Read one line (or what there is of it) from the input. */
 static void command_step(struct smtp_session *s, const char *data, size_t len, size_t *pos,
 			 struct buf *out)
 {
-	const size_t max = s->cfg->max_line_length;
+	const size_t max = line_limit(s);
+	assert(s->line_len <= max);
 	const char *start = data + *pos;
 	size_t avail = len - *pos;
 	const char *lf = memchr(start, '\n', avail);
 	if (!lf) {
 		if (!s->line_overflow && avail > max - s->line_len) {
 			s->line_overflow = true;
-			s->line_len = 0;
+			line_discard(s);
 		}
 		if (!s->line_overflow) {
 			memcpy(s->line + s->line_len, start, avail);
@@ -1269,18 +1616,21 @@ static void command_step(struct smtp_session *s, const char *data, size_t len, s
 	*pos += n;
 	if (s->line_overflow || n > max - s->line_len) {
 		s->line_overflow = false;
-		s->line_len = 0;
-		reply(s, out, "?", "500 5.5.2 Error: line too long");
+		line_discard(s);
+		line_too_long(s, out);
 		return;
 	}
 	if (s->line_len == 0) {
-		command_line(s, start, n, out);
+		line_done(s, start, n, out);
 		return;
 	}
 	memcpy(s->line + s->line_len, start, n);
 	size_t line_len = s->line_len + n;
 	s->line_len = 0;
-	command_line(s, s->line, line_len, out);
+	bool secret = line_is_secret(s, s->line, line_len);
+	line_done(s, s->line, line_len, out);
+	if (secret)
+		explicit_bzero(s->line, line_len);
 }
 
 /* ---------------------------------------------------------------- DATA */
@@ -1542,6 +1892,7 @@ void smtp_session_free(struct smtp_session *s)
 {
 	transaction_reset(s);
 	greeting_forget(s);
+	auth_end(s);
 	buf_free(&s->body);
 }
 
@@ -1568,6 +1919,10 @@ enum smtp_status smtp_feed(struct smtp_session *s, const char *data, size_t len,
 		}
 		if (s->tls_pending) {
 			status = SMTP_STARTTLS;
+			break;
+		}
+		if (s->auth_step == AUTH_CHECK) {
+			status = SMTP_AUTH_CHECK;
 			break;
 		}
 		if (pos == len) {
@@ -1630,13 +1985,37 @@ void smtp_tls_established(struct smtp_session *s)
 	s->line_len = 0;
 	s->line_overflow = false;
 	s->tls_pending = false;
+	/* AUTH happens only inside TLS, so there is nothing to forget; reset
+	 * anyway so the rule holds by construction. */
+	auth_end(s);
+	memset(s->auth_user, 0, sizeof s->auth_user);
+	s->authenticated = false;
+}
+
+void smtp_auth_done(struct smtp_session *s, bool ok, struct buf *out)
+{
+	explicit_bzero(s->auth_password, sizeof s->auth_password);
+	/* A session closed while its credentials were checked has said its
+	 * last word (as with smtp_commit_done). */
+	if (s->state == SMTP_S_CLOSED || s->auth_step != AUTH_CHECK) {
+		assert(s->state == SMTP_S_CLOSED);
+		auth_end(s);
+		return;
+	}
+	auth_end(s);
+	if (ok) {
+		s->authenticated = true;
+		reply(s, out, "AUTH", "235 2.7.0 Authentication successful");
+	} else {
+		reply(s, out, "AUTH", AUTH_INVALID);
+	}
 }
 
 enum smtp_wait smtp_waiting_for(const struct smtp_session *s)
 {
 	switch (s->state) {
 	case SMTP_S_COMMAND:
-		return SMTP_WAIT_COMMAND;
+		return s->auth_step == AUTH_CHECK ? SMTP_WAIT_COMMIT : SMTP_WAIT_COMMAND;
 	case SMTP_S_DATA:
 	case SMTP_S_BDAT:
 		return SMTP_WAIT_DATA_BLOCK;

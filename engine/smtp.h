@@ -18,6 +18,11 @@
  *                                  discard every unconsumed byte (never
  *                                  execute plaintext pipelined behind it),
  *                                  handshake, then smtp_tls_established()
+ *     SMTP_AUTH_CHECK              an AUTH exchange (RFC 4954) produced
+ *                                  credentials in s->auth_user and
+ *                                  s->auth_password: verify them, then call
+ *                                  smtp_auth_done() which writes 235/535
+ *                                  and wipes the password; then feed the rest
  *     SMTP_CLOSE                   flush out, then close (QUIT, 421, ...)
  *   smtp_session_free()
  */
@@ -43,6 +48,7 @@ struct smtp_config {
 	bool accept_bare_newlines;  /* false: bare CR / LF in content is refused */
 	bool starttls_offered;      /* listener has "tls" and session not in TLS */
 	bool tls_required;          /* "tls-require": 530 5.7.0 for MAIL before TLS */
+	bool auth_offered;          /* listener has "auth": AUTH PLAIN LOGIN inside TLS */
 	const struct policy *policy;/* NULL accepts every recipient (tests) */
 };
 
@@ -99,6 +105,8 @@ enum smtp_status {
 	SMTP_MESSAGE_READY,
 	SMTP_STARTTLS,
 	SMTP_CLOSE,
+	SMTP_AUTH_CHECK,            /* credentials in s->auth_user / s->auth_password:
+	                               verify them, then smtp_auth_done() */
 };
 
 /* Which deadline applies now (RFC 5321 4.5.3.2); the shell maps it to the
@@ -106,7 +114,8 @@ enum smtp_status {
 enum smtp_wait {
 	SMTP_WAIT_COMMAND = 0,      /* waiting for a command */
 	SMTP_WAIT_DATA_BLOCK,       /* inside DATA / BDAT content */
-	SMTP_WAIT_COMMIT,           /* waiting for the spool, not the client */
+	SMTP_WAIT_COMMIT,           /* waiting for the spool or the AUTH
+	                               check, not the client */
 	SMTP_WAIT_CLOSED,
 };
 
@@ -159,6 +168,15 @@ struct smtp_session {
 	uint8_t bdat_refusal;       /* why the chunk being read is discarded */
 	bool data_store_failed;     /* out of memory while storing content */
 	bool tls_pending;           /* 220 for STARTTLS sent, handshake not done */
+
+	/* AUTH (RFC 4954): filled for SMTP_AUTH_CHECK, wiped by smtp_auth_done. */
+	char auth_user[256];
+	char auth_password[1024];
+	bool authenticated;
+
+	/* Private to smtp.c: where an AUTH exchange is (see smtp.c). */
+	uint8_t auth_step;
+	uint8_t auth_deferred;      /* LOGIN: what was wrong with the username */
 };
 
 /* `line_buf` must hold cfg->max_line_length bytes and outlive the session. */
@@ -171,8 +189,8 @@ void smtp_greeting(struct smtp_session *s, struct buf *out);
 
 /* Consume up to len bytes. *consumed is how far it got; on SMTP_NEED_MORE
  * that is all of it. Replies are appended to out. Fed again before
- * smtp_commit_done / smtp_tls_established, or after the session closed, it
- * takes nothing and returns the same status. */
+ * smtp_commit_done / smtp_tls_established / smtp_auth_done, or after the
+ * session closed, it takes nothing and returns the same status. */
 enum smtp_status smtp_feed(struct smtp_session *s, const char *data, size_t len,
 			   size_t *consumed, struct buf *out);
 
@@ -187,6 +205,15 @@ void smtp_commit_done(struct smtp_session *s, bool ok, bool temp_full,
 /* The TLS handshake after SMTP_STARTTLS succeeded: forget everything the
  * client said before (RFC 3207 4.2), no new greeting. */
 void smtp_tls_established(struct smtp_session *s);
+
+/* The verdict on the credentials of the last SMTP_AUTH_CHECK: ok →
+ * "235 2.7.0 Authentication successful" and s->authenticated (the shell
+ * marks the peer authenticated and copies s->auth_user), else
+ * "535 5.7.8 Authentication credentials invalid" (an error like any other:
+ * reject hook, max_errors). The password is wiped either way; auth_user is
+ * kept (for the log) until the next AUTH or STARTTLS. If the session closed
+ * meanwhile (timeout, shutdown), nothing is written. */
+void smtp_auth_done(struct smtp_session *s, bool ok, struct buf *out);
 
 enum smtp_wait smtp_waiting_for(const struct smtp_session *s);
 /* Deadline passed: 421 4.4.2, session closed. */

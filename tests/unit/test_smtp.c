@@ -2,9 +2,9 @@
  *
  * Every script runs with its input fed in one piece, split in two at every
  * byte boundary, and one byte at a time; the replies, the events (message
- * ready, STARTTLS, close, with the input offset where each happened) and
- * the messages must be identical in every run, and the one-piece run must
- * match what the script expects. */
+ * ready, STARTTLS, AUTH check, close, with the input offset where each
+ * happened) and the messages must be identical in every run, and the
+ * one-piece run must match what the script expects. */
 #include <inttypes.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -40,6 +40,20 @@
 #define QUEUED(id) "250 2.0.0 Ok: queued as " id "\r\n"
 #define START "EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\n"
 #define START_OK GREET EHLO_OK MAIL_OK RCPT_OK
+#define EHLO_AUTH EHLO_HEAD "250-AUTH PLAIN LOGIN\r\n250 HELP\r\n"
+#define AUTH_OK "235 2.7.0 Authentication successful\r\n"
+#define AUTH_BAD "535 5.7.8 Authentication credentials invalid\r\n"
+#define AUTH_UNDECODABLE "501 5.5.2 Cannot decode response\r\n"
+#define AUTH_MALFORMED "501 5.5.2 Malformed authentication response\r\n"
+#define AUTH_CANCELLED "501 5.0.0 Authentication cancelled\r\n"
+#define AUTH_TOO_LONG "500 5.5.6 Authentication exchange line is too long\r\n"
+#define ASK_PLAIN "334 \r\n"
+#define ASK_USER "334 VXNlcm5hbWU6\r\n"
+#define ASK_PASS "334 UGFzc3dvcmQ6\r\n"
+/* base64 of "\0alice\0secret", "alice", "secret" */
+#define PLAIN_ALICE "AGFsaWNlAHNlY3JldA=="
+#define B64_ALICE "YWxpY2U="
+#define B64_SECRET "c2VjcmV0"
 
 enum commit_mode { COMMIT_OK = 0, COMMIT_FAIL, COMMIT_FULL };
 enum finale { FINALE_NONE = 0, FINALE_TIMEOUT, FINALE_SHUTDOWN };
@@ -63,6 +77,8 @@ struct script {
 	bool no_starttls;
 	bool peer_tls;
 	bool use_policy;
+	bool auth;             /* AUTH offered (inside TLS) */
+	const char *verdicts;  /* one 'y'/'n' per AUTH check; NULL: all 'y' */
 	enum commit_mode commit;
 	enum finale finale;
 };
@@ -80,6 +96,7 @@ static struct smtp_config config_for(const struct script *sc)
 		.accept_bare_newlines = sc->accept_bare,
 		.starttls_offered = !sc->no_starttls,
 		.tls_required = sc->tls_required,
+		.auth_offered = sc->auth,
 		.policy = sc->use_policy ? test_policy : NULL,
 	};
 }
@@ -140,6 +157,7 @@ struct transcript {
 	struct buf log;     /* events and messages */
 	unsigned rejects;   /* calls of the reject hook */
 	unsigned commits;
+	unsigned auth_checks;
 };
 
 static void on_reject(void *ctx, const char *command, const char *reply)
@@ -220,6 +238,45 @@ static bool reply_stream_ok(const char *p, size_t n)
 	return true;
 }
 
+static bool all_zero(const char *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (p[i])
+			return false;
+	return true;
+}
+
+/* The shell's side of SMTP_AUTH_CHECK: the credentials are complete and
+ * NUL-terminated, nothing is taken until the verdict, the password is
+ * gone after it. */
+static void auth_check(struct smtp_session *s, struct smtp_peer *peer, struct transcript *t,
+		       const struct script *sc, const char *rest, size_t rest_len, size_t at)
+{
+	INVARIANT(smtp_waiting_for(s) == SMTP_WAIT_COMMIT);
+	INVARIANT(peer->tls && s->cfg->auth_offered && !s->authenticated && !s->in_transaction);
+	INVARIANT(memchr(s->auth_user, '\0', sizeof s->auth_user) != NULL);
+	INVARIANT(memchr(s->auth_password, '\0', sizeof s->auth_password) != NULL);
+	INVARIANT(s->auth_user[0] && s->auth_password[0]);
+	buf_printf(&t->log, "AUTH@%zu user=\"", at);
+	log_escaped(&t->log, s->auth_user, strlen(s->auth_user));
+	buf_append_str(&t->log, "\" pass=\"");
+	log_escaped(&t->log, s->auth_password, strlen(s->auth_password));
+	buf_append_str(&t->log, "\"\n");
+	size_t again = 99999, len = t->out.len;
+	INVARIANT(smtp_feed(s, rest, rest_len, &again, &t->out) == SMTP_AUTH_CHECK);
+	INVARIANT(again == 0 && t->out.len == len);
+	unsigned i = t->auth_checks++;
+	bool ok = !sc->verdicts || (i < strlen(sc->verdicts) && sc->verdicts[i] == 'y');
+	smtp_auth_done(s, ok, &t->out);
+	INVARIANT(all_zero(s->auth_password, sizeof s->auth_password));
+	INVARIANT(s->authenticated == ok);
+	INVARIANT(smtp_waiting_for(s) != SMTP_WAIT_COMMIT);
+	if (ok) {
+		peer->authenticated = true;
+		memcpy(peer->auth_user, s->auth_user, sizeof peer->auth_user);
+	}
+}
+
 static unsigned count_negative_lines(const char *p, size_t n)
 {
 	unsigned count = 0;
@@ -258,8 +315,13 @@ static bool feed_piece(struct smtp_session *s, struct smtp_peer *peer, struct tr
 		case SMTP_STARTTLS:
 			buf_printf(&t->log, "STARTTLS@%zu\n", base + pos);
 			peer->tls = true;
+			peer->authenticated = false;
 			smtp_tls_established(s);
+			INVARIANT(!s->authenticated);
 			return false;
+		case SMTP_AUTH_CHECK:
+			auth_check(s, peer, t, sc, p + pos, n - pos, base + pos);
+			continue;
 		case SMTP_CLOSE:
 			buf_printf(&t->log, "CLOSE@%zu\n", base + pos);
 			INVARIANT(smtp_waiting_for(s) == SMTP_WAIT_CLOSED);
@@ -279,7 +341,7 @@ static void run_script(const struct script *sc, enum split mode, size_t cut, str
 	smtp_session_init(&s, &cfg, &peer, line, (struct smtp_hooks){ t, on_reject });
 	buf_init(&t->out, 0);
 	buf_init(&t->log, 0);
-	t->rejects = t->commits = 0;
+	t->rejects = t->commits = t->auth_checks = 0;
 	smtp_greeting(&s, &t->out);
 	size_t base = 0;
 	bool open = true;
@@ -305,7 +367,8 @@ static void run_script(const struct script *sc, enum split mode, size_t cut, str
 		smtp_timeout(&s, &t->out);
 	else if (sc->finale == FINALE_SHUTDOWN)
 		smtp_shutdown(&s, &t->out);
-	buf_printf(&t->log, "END wait=%d\n", (int)smtp_waiting_for(&s));
+	buf_printf(&t->log, "END wait=%d%s\n", (int)smtp_waiting_for(&s),
+		   s.authenticated ? " authenticated" : "");
 	smtp_session_free(&s);
 	free(line);
 	buf_append(&t->out, "", 1); /* NUL-terminate for the comparisons */
@@ -908,6 +971,228 @@ static const struct script scripts[] = {
 		.name = "EHLO resets the transaction",
 		.in = { S("EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nHELO c.test\r\nRCPT TO:<b@y.test>\r\n") },
 		.want_replies = GREET EHLO_OK MAIL_OK "250 " HOST "\r\n" "503 5.5.1 Error: need MAIL command\r\n",
+	},	/* AUTH (RFC 4954) */
+	{
+		.name = "AUTH PLAIN with an initial response; EHLO then stops offering AUTH",
+		.auth = true,
+		.peer_tls = true,
+		.in = { S("EHLO c.test\r\nAUTH PLAIN " PLAIN_ALICE "\r\nEHLO c.test\r\n"
+			  "MAIL FROM:<a@x.test> AUTH=<>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nx\r\n.\r\n") },
+		.want_replies = GREET EHLO_AUTH AUTH_OK EHLO_TLS MAIL_OK RCPT_OK GO QUEUED("Q1"),
+		.want_log = "AUTH@46 user=\"alice\" pass=\"secret\"\n"
+			    "READY@121 from=<a@x.test> rcpts=<b@y.test> body=\"x\\r\\n\"\n"
+			    "END wait=0 authenticated\n",
+	},
+	{
+		.name = "AUTH PLAIN after 334, authzid equal to authcid; AUTH twice",
+		.auth = true,
+		.peer_tls = true,
+		.in = { S("EHLO c.test\r\nauth plain\r\nYWxpY2UAYWxpY2UAc2VjcmV0\r\n"
+			  "AUTH PLAIN " PLAIN_ALICE "\r\nAUTH LOGIN\r\nNOOP\r\n") },
+		.want_replies = GREET EHLO_AUTH ASK_PLAIN AUTH_OK
+			"503 5.5.1 Error: already authenticated\r\n"
+			"503 5.5.1 Error: already authenticated\r\n" OK,
+		.want_log = "AUTH@51 user=\"alice\" pass=\"secret\"\n"
+			    "END wait=0 authenticated\n",
+	},
+	{
+		.name = "AUTH PLAIN refused by the check, then accepted",
+		.auth = true,
+		.peer_tls = true,
+		.verdicts = "ny",
+		.in = { S("EHLO c.test\r\nAUTH PLAIN AGFsaWNlAHdyb25n\r\n"
+			  "AUTH PLAIN\r\n" PLAIN_ALICE "  \r\n") },
+		.want_replies = GREET EHLO_AUTH AUTH_BAD ASK_PLAIN AUTH_OK,
+		.want_log = "AUTH@42 user=\"alice\" pass=\"wrong\"\n"
+			    "AUTH@78 user=\"alice\" pass=\"secret\"\n"
+			    "END wait=0 authenticated\n",
+	},
+	{
+		.name = "AUTH LOGIN, refused then accepted with an initial response",
+		.auth = true,
+		.peer_tls = true,
+		.verdicts = "ny",
+		.in = { S("EHLO c.test\r\nAUTH LOGIN\r\n" B64_ALICE "\r\n" B64_SECRET "\r\n"
+			  "AUTH login " B64_ALICE "\n" B64_SECRET "\n") },
+		.want_replies = GREET EHLO_AUTH ASK_USER ASK_PASS AUTH_BAD ASK_PASS AUTH_OK,
+		.want_log = "AUTH@45 user=\"alice\" pass=\"secret\"\n"
+			    "AUTH@74 user=\"alice\" pass=\"secret\"\n"
+			    "END wait=0 authenticated\n",
+	},
+	{
+		.name = "AUTH cancelled at every step",
+		.auth = true,
+		.peer_tls = true,
+		.in = { S("EHLO c.test\r\nAUTH PLAIN\r\n*\r\nAUTH LOGIN\r\n" B64_ALICE "\r\n*\r\n"
+			  "AUTH LOGIN\r\n*  \r\nAUTH LOGIN " B64_ALICE "\r\n*\r\nNOOP\r\n") },
+		.want_replies = GREET EHLO_AUTH ASK_PLAIN AUTH_CANCELLED ASK_USER ASK_PASS
+			AUTH_CANCELLED ASK_USER AUTH_CANCELLED ASK_PASS AUTH_CANCELLED OK,
+		.want_log = "END wait=0\n",
+	},
+	{
+		.name = "AUTH responses that are not base64",
+		.auth = true,
+		.peer_tls = true,
+		.in = { S("EHLO c.test\r\n"
+			  "AUTH PLAIN AGFsaWNlAHNlY3JldA=\r\n"       /* not whole quanta */
+			  "AUTH PLAIN AGFsaWNl AHNlY3JldA==\r\n"     /* a space inside */
+			  "AUTH PLAIN ====\r\n"
+			  "AUTH PLAIN *\r\n"                         /* no cancel in the command */
+			  "AUTH PLAIN\r\nAGFsaWNlAHNlY3JldA=x\r\n"   /* padding inside */
+			  "AUTH PLAIN\r\nYWxpY2V=\r\n"               /* bits set past the data */
+			  "AUTH PLAIN\r\nYWxpYw==\r\n"               /* fine: "alic", no NULs */
+			  "AUTH LOGIN\r\nYW@p\r\n"
+			  "AUTH LOGIN\r\n" B64_ALICE "\r\nc2Vjc\xc3\xa9V0\r\n"
+			  "AUTH PLAIN\r\nAGFsaWNl\0AHNlY3JldA==\r\n"
+			  "NOOP\r\n") },
+		.want_replies = GREET EHLO_AUTH AUTH_UNDECODABLE AUTH_UNDECODABLE AUTH_UNDECODABLE
+			AUTH_UNDECODABLE ASK_PLAIN AUTH_UNDECODABLE ASK_PLAIN AUTH_UNDECODABLE
+			ASK_PLAIN AUTH_MALFORMED ASK_USER AUTH_UNDECODABLE ASK_USER ASK_PASS
+			AUTH_UNDECODABLE ASK_PLAIN AUTH_UNDECODABLE OK,
+		.want_log = "END wait=0\n",
+	},
+	{
+		.name = "AUTH PLAIN messages that decode but do not hold credentials",
+		.auth = true,
+		.peer_tls = true,
+		.in = { S("EHLO c.test\r\n"
+			  "AUTH PLAIN Ym9iAGFsaWNlAHNlY3JldA==\r\n" /* authzid bob, authcid alice */
+			  "AUTH PLAIN YWxpY2UAc2VjcmV0\r\n"         /* one NUL */
+			  "AUTH PLAIN AGFsaWNlAHNlYwByZXQ=\r\n"     /* three NULs */
+			  "AUTH PLAIN AGFsaWNlAA==\r\n"             /* empty password */
+			  "AUTH PLAIN AABzZWNyZXQ=\r\n"             /* empty user */
+			  "AUTH PLAIN =\r\n"                        /* empty message */
+			  "AUTH PLAIN\r\n=\r\n"
+			  "AUTH PLAIN\r\n\r\n"
+			  "AUTH LOGIN YWwAaWNl\r\n" B64_SECRET "\r\n" /* NUL in the user */
+			  "AUTH LOGIN " B64_ALICE "\r\nYQBi\r\n"    /* NUL in the password */
+			  "AUTH LOGIN =\r\n" B64_SECRET "\r\n"      /* empty user */
+			  "AUTH LOGIN " B64_ALICE "\r\n\r\n") },    /* empty password */
+		.want_replies = GREET EHLO_AUTH AUTH_BAD AUTH_MALFORMED AUTH_MALFORMED AUTH_BAD AUTH_BAD
+			AUTH_MALFORMED ASK_PLAIN AUTH_MALFORMED ASK_PLAIN AUTH_MALFORMED
+			ASK_PASS AUTH_MALFORMED ASK_PASS AUTH_MALFORMED ASK_PASS AUTH_BAD
+			ASK_PASS AUTH_BAD,
+		.want_log = "END wait=0\n",
+	},
+	{
+		.name = "AUTH before TLS is 538; EHLO offers AUTH only inside TLS",
+		.auth = true,
+		.in = { S("EHLO c.test\r\nAUTH PLAIN " PLAIN_ALICE "\r\nAUTH FOO\r\n"
+			  "MAIL FROM:<a@x.test> AUTH=<>\r\nSTARTTLS\r\n"),
+			S("AUTH PLAIN " PLAIN_ALICE "\r\nEHLO c.test\r\nAUTH PLAIN " PLAIN_ALICE "\r\n"
+			  "MAIL FROM:<a@x.test> AUTH=<>\r\n") },
+		.want_replies = GREET EHLO_OK
+			"538 5.7.11 Encryption required for requested authentication mechanism\r\n"
+			"538 5.7.11 Encryption required for requested authentication mechanism\r\n"
+			"555 5.5.4 Unsupported option: AUTH\r\n"
+			"220 2.0.0 Ready to start TLS\r\n"
+			"503 5.5.1 Error: send EHLO first\r\n" EHLO_AUTH AUTH_OK MAIL_OK,
+		.want_log = "STARTTLS@96\n"
+			    "AUTH@175 user=\"alice\" pass=\"secret\"\n"
+			    "END wait=0 authenticated\n",
+	},
+	{
+		.name = "AUTH not offered",
+		.peer_tls = true,
+		.in = { S("EHLO c.test\r\nAUTH PLAIN " PLAIN_ALICE "\r\nAUTH LOGIN\r\n"
+			  "MAIL FROM:<a@x.test> AUTH=<>\r\n") },
+		.want_replies = GREET EHLO_TLS "503 5.5.1 Error: authentication not enabled\r\n"
+			"503 5.5.1 Error: authentication not enabled\r\n"
+			"555 5.5.4 Unsupported option: AUTH\r\n",
+	},
+	{
+		.name = "AUTH out of order: before EHLO, after HELO, in a transaction",
+		.auth = true,
+		.peer_tls = true,
+		.in = { S("AUTH PLAIN " PLAIN_ALICE "\r\nHELO c.test\r\nAUTH LOGIN\r\nEHLO c.test\r\n"
+			  "MAIL FROM:<a@x.test>\r\nAUTH PLAIN " PLAIN_ALICE "\r\nAUTH LOGIN\r\nRSET\r\n"
+			  "AUTH PLAIN " PLAIN_ALICE "\r\n") },
+		.want_replies = GREET "503 5.5.1 Error: send EHLO first\r\n" "250 " HOST "\r\n"
+			"503 5.5.1 Error: send EHLO first\r\n" EHLO_AUTH MAIL_OK
+			"503 5.5.1 Error: AUTH not permitted during a mail transaction\r\n"
+			"503 5.5.1 Error: AUTH not permitted during a mail transaction\r\n" OK AUTH_OK,
+	},
+	{
+		.name = "AUTH unknown mechanisms and syntax",
+		.auth = true,
+		.peer_tls = true,
+		.in = { S("EHLO c.test\r\nAUTH CRAM-MD5\r\nAUTH\r\nAUTH XOAUTH2 dXNlcg==\r\n"
+			  "AUTH PLAINX\r\nAUTH  PLAIN\r\n*\r\n") },
+		.want_replies = GREET EHLO_AUTH "504 5.5.4 Unrecognized authentication type\r\n"
+			"501 5.5.4 Syntax: AUTH mechanism [initial-response]\r\n"
+			"504 5.5.4 Unrecognized authentication type\r\n"
+			"504 5.5.4 Unrecognized authentication type\r\n" ASK_PLAIN AUTH_CANCELLED,
+	},
+	{
+		.name = "AUTH exchange lines are never commands",
+		.auth = true,
+		.peer_tls = true,
+		.verdicts = "n",
+		.in = { S("EHLO c.test\r\nAUTH LOGIN\r\nQUIT\r\nRSET\r\nAUTH PLAIN\r\nDATA\r\n"
+			  "AUTH PLAIN\r\nSTARTTLS\r\nNOOP\r\n") },
+		.want_replies = GREET EHLO_AUTH ASK_USER ASK_PASS AUTH_BAD ASK_PLAIN AUTH_MALFORMED
+			ASK_PLAIN AUTH_MALFORMED OK,
+		.want_log = "AUTH@37 user=\"AB\\x13\" pass=\"E!\\x13\"\n"
+			    "END wait=0\n",
+	},
+	{
+		.name = "AUTH response at the line limit and one past it",
+		.auth = true,
+		.peer_tls = true,
+		.max_line = 32,
+		.verdicts = "n",
+		/* 28 base64 characters: "\0alice\0" and a 13-octet password */
+		.in = { S("EHLO c.test\r\nAUTH PLAIN\r\nAGFsaWNlAHBhc3N3b3JkLTEyMzQ1  \r\n"
+			  "AUTH PLAIN\r\nAGFsaWNlAHBhc3N3b3JkLTEyMzQ1   \r\nNOOP\r\n"
+			  "AUTH LOGIN\r\nYWxpY2VhbGljZWFsaWNlYWxpY2VhbGljZWFsaWNl\r\nNOOP\r\n"
+			  "AUTH PLAIN AGFsaWNlAHBhc3N3b3JkLTEyMzQ1\r\nNOOP\r\n") },
+		.want_replies = GREET EHLO_AUTH ASK_PLAIN AUTH_BAD ASK_PLAIN AUTH_TOO_LONG OK ASK_USER AUTH_TOO_LONG OK
+			"500 5.5.2 Error: line too long\r\n" OK,
+		.want_log = "AUTH@57 user=\"alice\" pass=\"password-12345\"\n"
+			    "END wait=0\n",
+	},
+	{
+		.name = "MAIL AUTH= parameter",
+		.auth = true,
+		.peer_tls = true,
+		.in = { S("EHLO c.test\r\n"
+			  "MAIL FROM:<a@x.test> AUTH=\r\n"
+			  "MAIL FROM:<a@x.test> AUTH\r\n"
+			  "MAIL FROM:<a@x.test> AUTH=a=b\r\n"
+			  "MAIL FROM:<a@x.test> AUTH=a+2\r\n"
+			  "MAIL FROM:<a@x.test> AUTH=<> AUTH=<>\r\n"
+			  "MAIL FROM:<a@x.test> auth=e+2Bf@x.test SIZE=10\r\n"
+			  "RCPT TO:<b@y.test>\r\nDATA\r\n.\r\n") },
+		.want_replies = GREET EHLO_AUTH "501 5.5.4 Bad value for AUTH\r\n"
+			"501 5.5.4 Bad value for AUTH\r\n" "501 5.5.4 Bad value for AUTH\r\n"
+			"501 5.5.4 Bad value for AUTH\r\n" "501 5.5.4 Duplicate parameter: AUTH\r\n"
+			MAIL_OK RCPT_OK GO QUEUED("Q1"),
+		.want_log = "READY@245 from=<a@x.test> size=10 rcpts=<b@y.test> body=\"\"\n"
+			    "END wait=0\n",
+	},
+	{
+		.name = "AUTH failures count toward max errors",
+		.auth = true,
+		.peer_tls = true,
+		.max_errors = 3,
+		.verdicts = "nn",
+		.in = { S("EHLO c.test\r\nAUTH PLAIN " PLAIN_ALICE "\r\nAUTH LOGIN\r\n*\r\n"
+			  "AUTH PLAIN " PLAIN_ALICE "\r\nNOOP\r\n") },
+		.want_replies = GREET EHLO_AUTH AUTH_BAD ASK_USER AUTH_CANCELLED AUTH_BAD
+			"421 4.7.0 " HOST " Error: too many errors\r\n",
+		.want_log = "AUTH@46 user=\"alice\" pass=\"secret\"\n"
+			    "AUTH@94 user=\"alice\" pass=\"secret\"\n"
+			    "CLOSE@94\n"
+			    "END wait=3\n",
+	},
+	{
+		.name = "timeout inside an AUTH exchange",
+		.auth = true,
+		.peer_tls = true,
+		.in = { S("EHLO c.test\r\nAUTH LOGIN\r\nYWxp") },
+		.finale = FINALE_TIMEOUT,
+		.want_replies = GREET EHLO_AUTH ASK_USER "421 4.4.2 " HOST " Error: timeout exceeded\r\n",
+		.want_log = "END wait=3\n",
 	},
 };
 
