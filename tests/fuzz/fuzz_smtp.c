@@ -1,10 +1,11 @@
 /* fuzz_smtp: a whole SMTP session from the fuzzer's bytes.
  *
- * Byte 0 picks the configuration, byte 1 how the input is cut into feeds;
- * the rest is what the client sends. The harness plays the I/O shell: it
- * commits every ready message, completes every STARTTLS handshake (and
- * drops what was pipelined behind it), and at the end may time out. Any
- * broken invariant aborts:
+ * Byte 0 picks the configuration, byte 1 how the input is cut into feeds
+ * (and whether AUTH is offered); the rest is what the client sends. The
+ * harness plays the I/O shell: it commits every ready message, completes
+ * every STARTTLS handshake (and drops what was pipelined behind it),
+ * answers every AUTH check (accepted and refused in turn), and at the end
+ * may time out. Any broken invariant aborts:
  *   - every reply line is "[2-5]xx" then ' ' or '-', and ends in CRLF;
  *   - every 2xx/4xx/5xx reply carries an enhanced status code of its class,
  *     except the banner and the EHLO/HELO greeting lines, which have none
@@ -12,7 +13,11 @@
  *   - a multi-line reply continues with the same code;
  *   - nothing is ever said after a 221, 421 or 521;
  *   - the reject hook is called once per 4xx/5xx line;
- *   - recipients and stored content stay within their limits. */
+ *   - recipients and stored content stay within their limits;
+ *   - credentials are asked for only inside TLS with AUTH offered, come
+ *     NUL-terminated within their buffers, are not consumed past until the
+ *     verdict, and the password is wiped after it; there is one 235 per
+ *     accepted check and none when AUTH is not offered. */
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -33,6 +38,8 @@ struct fuzz_run {
 	unsigned rejects;
 	unsigned commit_mode;
 	unsigned commits;
+	unsigned auth_checks;
+	unsigned auth_accepted;
 };
 
 static void count_reject(void *ctx, const char *command, const char *reply)
@@ -85,7 +92,7 @@ static void check_replies(const struct fuzz_run *r)
 {
 	const char *p = r->out.data;
 	size_t n = r->out.len, i = 0;
-	unsigned negative = 0;
+	unsigned negative = 0, accepted = 0;
 	bool continued = false;
 	char code[3] = { 0 };
 	while (i < n) {
@@ -110,13 +117,17 @@ static void check_replies(const struct fuzz_run *r)
 			abort();
 		if (l[0] == '4' || l[0] == '5')
 			negative++;
+		if (memcmp(l, "235", 3) == 0)
+			accepted++;
+		if (!r->cfg.auth_offered && (memcmp(l, "334", 3) == 0 || memcmp(l, "235", 3) == 0))
+			abort();
 		i += len + 2;
 		bool closing = !continued && (memcmp(l, "221", 3) == 0 || memcmp(l, "421", 3) == 0 ||
 					      memcmp(l, "521", 3) == 0);
 		if (closing && i != n)
 			abort();
 	}
-	if (continued || negative != r->rejects)
+	if (continued || negative != r->rejects || accepted != r->auth_accepted)
 		abort();
 }
 
@@ -147,6 +158,42 @@ static void message_ready(struct fuzz_run *r)
 	smtp_commit_done(&r->s, mode == 0, mode == 2, "FUZZ1", &r->out);
 }
 
+static bool all_zero(const char *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (p[i])
+			return false;
+	return true;
+}
+
+/* The shell's side of SMTP_AUTH_CHECK. rest is the unconsumed input. */
+static void auth_check(struct fuzz_run *r, const char *rest, size_t rest_len)
+{
+	struct smtp_session *s = &r->s;
+	if (!r->peer.tls || !r->cfg.auth_offered || s->authenticated || s->in_transaction ||
+	    !s->greeted || smtp_waiting_for(s) != SMTP_WAIT_COMMIT)
+		abort();
+	const char *user_end = memchr(s->auth_user, '\0', sizeof s->auth_user);
+	const char *pass_end = memchr(s->auth_password, '\0', sizeof s->auth_password);
+	if (!user_end || !pass_end || user_end == s->auth_user || pass_end == s->auth_password)
+		abort();
+	/* Fed again before the verdict: nothing taken, nothing said. */
+	size_t used = 1, len = r->out.len;
+	if (smtp_feed(s, rest, rest_len, &used, &r->out) != SMTP_AUTH_CHECK || used != 0 ||
+	    r->out.len != len)
+		abort();
+	bool ok = (r->commit_mode + r->auth_checks++) % 2 == 0;
+	smtp_auth_done(s, ok, &r->out);
+	if (!all_zero(s->auth_password, sizeof s->auth_password) || s->authenticated != ok ||
+	    smtp_waiting_for(s) == SMTP_WAIT_COMMIT)
+		abort();
+	if (ok) {
+		r->auth_accepted++;
+		r->peer.authenticated = true;
+		memcpy(r->peer.auth_user, s->auth_user, sizeof r->peer.auth_user);
+	}
+}
+
 /* Feed one piece; false once the session is over. *drop is set when the
  * rest of the piece must be thrown away (it was pipelined behind STARTTLS). */
 static bool feed_piece(struct fuzz_run *r, const char *p, size_t n)
@@ -171,8 +218,14 @@ static bool feed_piece(struct fuzz_run *r, const char *p, size_t n)
 			if (r->peer.tls)
 				abort();
 			r->peer.tls = true;
+			r->peer.authenticated = false;
 			smtp_tls_established(&r->s);
+			if (r->s.authenticated)
+				abort();
 			return true; /* the shell discards the rest */
+		case SMTP_AUTH_CHECK:
+			auth_check(r, p + pos, n - pos);
+			break;
 		case SMTP_CLOSE:
 			if (smtp_waiting_for(&r->s) != SMTP_WAIT_CLOSED)
 				abort();
@@ -244,8 +297,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	char *line = malloc(r.cfg.max_line_length);
 	if (!line)
 		return 0;
+	/* cut bit 2 clear (cut 0, a single feed, included): AUTH offered. */
+	r.cfg.auth_offered = !(cut & 0x04);
 	r.rejects = 0;
 	r.commits = 0;
+	r.auth_checks = 0;
+	r.auth_accepted = 0;
 	buf_init(&r.out, 0);
 	smtp_session_init(&r.s, &r.cfg, &r.peer, line, (struct smtp_hooks){ &r, count_reject });
 	smtp_greeting(&r.s, &r.out);
