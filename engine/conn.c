@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "auth.h"
 #include "clients.h"
 #include "core.h"
 #include "log.h"
@@ -27,7 +28,6 @@
 /* Accepted-message log lines name at most this many recipients. */
 #define LOG_RCPTS_MAX 5
 
-static void conn_flush(struct conn *c);
 static void conn_pump(struct conn *c);
 static void conn_maybe_finish(struct conn *c);
 
@@ -216,7 +216,7 @@ static void conn_set_deadline(struct conn *c)
 
 /* ---- closing ---- */
 
-static void conn_close_after_flush(struct conn *c, const char *reason)
+void conn_close_after_flush(struct conn *c, const char *reason)
 {
 	if (c->closing)
 		return;
@@ -227,7 +227,7 @@ static void conn_close_after_flush(struct conn *c, const char *reason)
 
 /* The client is gone or broke the protocol beyond repair: nothing more
  * will be sent to it. */
-static void conn_abort(struct conn *c, const char *reason)
+void conn_abort(struct conn *c, const char *reason)
 {
 	conn_close_after_flush(c, reason);
 	buf_reset(&c->out);
@@ -242,9 +242,13 @@ static void conn_finish(struct conn *c)
 {
 	struct core *core = c->core;
 	close(c->fd);
-	log_info("session=%s close client=%s reason=%s messages=%u duration_ms=%llu", c->sid,
-		 c->peer.addr_str, c->close_reason ? c->close_reason : "-", c->smtp.messages,
-		 (unsigned long long)(core->now_ms - c->opened_ms));
+	log_info("session=%s close client=%s reason=%s messages=%u duration_ms=%llu tls_path=%s%s%s%s%s",
+		 c->sid, c->peer.addr_str, c->close_reason ? c->close_reason : "-",
+		 c->smtp.messages, (unsigned long long)(core->now_ms - c->opened_ms),
+		 conn_tls_path(c), c->peer.tls ? " tls=" : "", c->peer.tls ? c->peer.tls_version : "",
+		 c->peer.tls ? " cipher=" : "", c->peer.tls ? c->peer.tls_cipher : "");
+	core->sessions_by_path[c->tls_used_ktls ? 2 : c->peer.tls ? 1 : 0]++;
+	conn_tls_free(c);
 	if (c->admitted) {
 		clients_release(&c->peer.addr);
 		smtp_session_free(&c->smtp);
@@ -272,11 +276,13 @@ static void conn_submit_send(struct conn *c)
 
 /* Hand pending replies to the kernel: one send in flight per connection,
  * so replies leave in order and the buffer under a send never moves. */
-static void conn_flush(struct conn *c)
+void conn_flush(struct conn *c)
 {
 	if (c->send_busy)
 		return;
-	if (c->sending.len == 0 && c->out.len > 0) {
+	if (c->sending.len == 0 && c->tls_mode != CONN_TLS_NONE && c->tls_mode != CONN_TLS_KTLS) {
+		conn_tls_fill_wire(c);
+	} else if (c->sending.len == 0 && c->out.len > 0) {
 		struct buf t = c->sending;
 		c->sending = c->out;
 		c->out = t;
@@ -304,13 +310,15 @@ void conn_on_send(struct conn *c, int res)
 		if (c->sending.len == 0)
 			buf_shrink(&c->sending, IDLE_BUFFER_KEEP);
 		conn_flush(c);
+		if (c->tls_mode == CONN_TLS_KTLS_SWITCH)
+			conn_tls_progress(c);
 	}
 	conn_maybe_finish(c);
 }
 
 /* ---- receiving ---- */
 
-static void conn_arm_recv(struct conn *c)
+void conn_arm_recv(struct conn *c)
 {
 	struct io_uring_sqe *sqe = core_sqe(c->core);
 	io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
@@ -320,13 +328,18 @@ static void conn_arm_recv(struct conn *c)
 	c->recv_armed = true;
 }
 
+void conn_cancel_recv(struct conn *c)
+{
+	struct io_uring_sqe *sqe = core_sqe(c->core);
+	io_uring_prep_cancel64(sqe, op_data(c, OP_RECV), 0);
+	io_uring_sqe_set_data64(sqe, op_data(NULL, OP_CANCEL));
+}
+
 static void conn_pause_recv(struct conn *c)
 {
 	if (c->recv_paused || !c->recv_armed)
 		return;
-	struct io_uring_sqe *sqe = core_sqe(c->core);
-	io_uring_prep_cancel64(sqe, op_data(c, OP_RECV), 0);
-	io_uring_sqe_set_data64(sqe, op_data(NULL, OP_CANCEL));
+	conn_cancel_recv(c);
 	c->recv_paused = true;
 }
 
@@ -335,7 +348,7 @@ static void conn_resume_recv(struct conn *c)
 	if (!c->recv_paused || c->inbuf.len >= INBUF_PAUSE_AT)
 		return;
 	c->recv_paused = false;
-	if (!c->recv_armed && !c->closing)
+	if (!c->recv_armed && !c->closing && c->tls_mode != CONN_TLS_KTLS_SWITCH)
 		conn_arm_recv(c);
 }
 
@@ -347,6 +360,37 @@ static void conn_message_ready(struct conn *c)
 		log_error("session=%s cannot queue message for the spool: out of memory", c->sid);
 		conn_spool_done(c, false, false);
 	}
+}
+
+/* Client-chosen text in a log line: printable ASCII only, so a name with
+ * CR/LF cannot forge log lines. */
+static const char *printable(const char *in, char *out, size_t out_len)
+{
+	size_t i = 0;
+	for (; in[i] && i + 1 < out_len; i++)
+		out[i] = in[i] > 0x20 && in[i] < 0x7f ? in[i] : '?';
+	out[i] = '\0';
+	return out;
+}
+
+/* crypt(3) runs on the core: AUTH is rare next to mail, and bounded by
+ * max-errors per session. */
+static void conn_check_credentials(struct conn *c)
+{
+	const struct conf *conf = conn_conf(c);
+	const struct conf_listener *l = &conf->listeners[c->listener];
+	const struct conf_table *t = l->auth_table ? conf_table_find(conf, l->auth_table) : NULL;
+	bool ok = t ? auth_check_password(t, c->smtp.auth_user, c->smtp.auth_password)
+		    : auth_check_system(c->smtp.auth_user, c->smtp.auth_password);
+	char user[sizeof c->smtp.auth_user];
+	printable(c->smtp.auth_user, user, sizeof user);
+	if (ok) {
+		c->peer.authenticated = true;
+		snprintf(c->peer.auth_user, sizeof c->peer.auth_user, "%s", c->smtp.auth_user);
+	}
+	log_info("session=%s auth %s client=%s user=%s", c->sid, ok ? "ok" : "failed",
+		 c->peer.addr_str, user);
+	smtp_auth_done(&c->smtp, ok, &c->out);
 }
 
 static bool session_takes_input(const struct conn *c)
@@ -371,14 +415,20 @@ static size_t conn_feed(struct conn *c, const char *data, size_t len)
 			conn_message_ready(c);
 			return off;
 		case SMTP_STARTTLS:
-			/* No listener offers STARTTLS in this build (refused at
-			 * start-up), so the state machine cannot get here. */
-			log_error("session=%s STARTTLS without TLS support", c->sid);
-			conn_close_after_flush(c, "starttls unsupported");
+			/* Whatever the client pipelined behind STARTTLS is
+			 * dropped, never run inside TLS (CVE-2011-0411 class). */
+			if (len > off)
+				log_info("session=%s discarded %zu bytes pipelined after STARTTLS",
+					 c->sid, len - off);
+			buf_reset(&c->inbuf);
+			conn_tls_start(c, false);
 			return len;
 		case SMTP_CLOSE:
 			conn_close_after_flush(c, c->smtp.errors ? "closed by server" : "quit");
 			return len; /* nothing after QUIT / 421 is read */
+		case SMTP_AUTH_CHECK:
+			conn_check_credentials(c);
+			break;
 		}
 	}
 	return c->closing ? len : off;
@@ -407,7 +457,7 @@ static void conn_pump(struct conn *c)
 	conn_set_deadline(c);
 }
 
-static void conn_input(struct conn *c, const char *data, size_t len)
+void conn_input(struct conn *c, const char *data, size_t len)
 {
 	if (c->closing)
 		return;
@@ -433,13 +483,25 @@ void conn_on_recv(struct conn *c, int res, unsigned flags)
 	bool more = flags & IORING_CQE_F_MORE;
 	if (!more)
 		c->recv_armed = false;
-	if (res > 0) {
+	if (c->ktls_filling) {
+		c->recv_armed = false;
+		conn_tls_fill_done(c, res);
+	} else if (res > 0) {
 		assert(flags & IORING_CQE_F_BUFFER);
 		unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
-		conn_input(c, c->core->rx_mem + (size_t)bid * c->core->rx_size, (size_t)res);
+		const char *data = c->core->rx_mem + (size_t)bid * c->core->rx_size;
+		if (c->tls_mode == CONN_TLS_NONE || c->tls_mode == CONN_TLS_KTLS)
+			conn_input(c, data, (size_t)res);
+		else
+			conn_tls_input(c, data, (size_t)res);
 		core_rx_recycle(c->core, bid);
-		if (!more && !c->closing && !c->recv_paused)
+		if (!more && !c->closing && !c->recv_paused && c->tls_mode != CONN_TLS_KTLS_SWITCH)
 			conn_arm_recv(c);
+	} else if (c->tls_mode == CONN_TLS_KTLS && (res == -EIO || res == -EKEYEXPIRED ||
+						    res == -EBADMSG)) {
+		conn_ktls_read_error(c, res);
+	} else if (res == -ECANCELED && c->tls_mode == CONN_TLS_KTLS_SWITCH) {
+		/* stopped on purpose: the switch to kTLS continues below */
 	} else if (res == -ENOBUFS) {
 		/* every provided buffer was in use; they are back by now */
 		if (!c->closing && !c->recv_paused && !c->recv_armed)
@@ -452,6 +514,8 @@ void conn_on_recv(struct conn *c, int res, unsigned flags)
 			log_info("session=%s receive failed: %s", c->sid, strerror(-res));
 		conn_abort(c, c->close_reason);
 	}
+	if (c->tls_mode == CONN_TLS_KTLS_SWITCH && !c->recv_armed)
+		conn_tls_progress(c);
 	conn_flush(c);
 	conn_maybe_finish(c);
 }
@@ -512,9 +576,16 @@ void conn_accept(struct core *core, unsigned listener, int fd)
 	c->admitted = true;
 	struct smtp_hooks hooks = {.ctx = c, .reject = log_reject};
 	smtp_session_init(&c->smtp, &view->snap->smtp[listener], &c->peer, c->line, hooks);
-	if (core->draining) {
+	if (core->draining && (l->flags & CONF_LISTEN_SMTPS)) {
+		conn_abort(c, "shutdown"); /* no words before a handshake */
+	} else if (core->draining) {
 		smtp_shutdown(&c->smtp, &c->out);
 		conn_close_after_flush(c, "shutdown");
+	} else if (l->flags & CONF_LISTEN_SMTPS) {
+		/* implicit TLS (RFC 8314): the greeting follows the handshake */
+		if (conn_tls_start(c, true) == 0)
+			conn_arm_recv(c);
+		conn_set_deadline(c);
 	} else {
 		smtp_greeting(&c->smtp, &c->out);
 		conn_arm_recv(c);

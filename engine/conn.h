@@ -7,12 +7,23 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include <openssl/ssl.h>
+
 #include "buf.h"
 #include "smtp.h"
 #include "spool.h"
 
 struct core;
 struct core_view;
+
+/* Where a connection's TLS records are done (conn_tls.c). */
+enum conn_tls_mode {
+	CONN_TLS_NONE = 0,     /* plaintext */
+	CONN_TLS_HANDSHAKE,    /* BoringSSL handshake over memory BIOs */
+	CONN_TLS_USERSPACE,    /* BoringSSL does the records */
+	CONN_TLS_KTLS_SWITCH,  /* handing the records to the kernel */
+	CONN_TLS_KTLS,         /* the kernel does the records: plaintext I/O */
+};
 
 struct conn {
 	struct core *core;
@@ -42,6 +53,18 @@ struct conn {
 	bool shut;                    /* shutdown(2) done */
 	const char *close_reason;
 
+	/* TLS (conn_tls.c) */
+	SSL *ssl;
+	enum conn_tls_mode tls_mode;
+	bool tls_implicit;            /* smtps: TLS from the first byte */
+	bool tls_used_ktls;           /* the session reached the kernel path */
+	bool tls_close_notify_sent;
+	bool ktls_cancel_sent;        /* multishot recv cancelled for the switch */
+	bool ktls_filling;            /* a one-shot recv completes a partial record */
+	struct buf tls_in;            /* ciphertext short of a whole record */
+	char *ktls_fill;              /* that recv's buffer */
+	uint32_t ktls_fill_len;
+
 	uint32_t line_cap;            /* size of line[] */
 	char line[];                  /* the session's partial command line */
 };
@@ -58,5 +81,29 @@ void conn_tick(struct conn *c);
  * transaction finish it first. `force`: the drain deadline passed. */
 void conn_drain(struct conn *c, bool force);
 void conn_free_pool(struct core *core);
+
+/* ---- shared by conn.c and conn_tls.c only ---- */
+/* Plaintext from the client into the session (buffers what it cannot take). */
+void conn_input(struct conn *c, const char *data, size_t len);
+void conn_flush(struct conn *c);
+void conn_abort(struct conn *c, const char *reason);
+void conn_close_after_flush(struct conn *c, const char *reason);
+void conn_arm_recv(struct conn *c);
+void conn_cancel_recv(struct conn *c);
+
+/* conn_tls.c */
+int conn_tls_start(struct conn *c, bool implicit);
+void conn_tls_input(struct conn *c, const char *data, size_t len);
+/* Ciphertext (or, on the kernel path, plaintext) for the wire into
+ * c->sending; called only when no send is in flight and sending is empty. */
+void conn_tls_fill_wire(struct conn *c);
+/* The switch to kTLS waits on recv and send; either finished. */
+void conn_tls_progress(struct conn *c);
+/* A one-shot recv that completes a partial record before kTLS RX. */
+void conn_tls_fill_done(struct conn *c, int res);
+/* On the kernel path a read failed: a non-data record (alert, KeyUpdate). */
+void conn_ktls_read_error(struct conn *c, int res);
+void conn_tls_free(struct conn *c);
+const char *conn_tls_path(const struct conn *c);
 
 #endif

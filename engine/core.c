@@ -401,9 +401,13 @@ static void *core_main(void *arg)
 		begin_drain(core);
 	run_loop(core);
 	spool_writer_close(&core->spool);
-	log_info("stopped: %llu messages committed in %llu batches",
+	log_info("stopped: %llu messages committed in %llu batches; sessions plaintext=%llu "
+		 "tls_userspace=%llu tls_ktls=%llu",
 		 (unsigned long long)core->spool.committed_messages,
-		 (unsigned long long)core->spool.batches);
+		 (unsigned long long)core->spool.batches,
+		 (unsigned long long)core->sessions_by_path[0],
+		 (unsigned long long)core->sessions_by_path[1],
+		 (unsigned long long)core->sessions_by_path[2]);
 	log_thread_exit();
 	io_uring_queue_exit(&core->ring);
 	conn_free_pool(core);

@@ -84,6 +84,8 @@ struct core {
 
 	struct spool_writer spool;
 
+	uint64_t sessions_by_path[3]; /* closed sessions: plaintext, userspace TLS, kTLS */
+
 	uint64_t now_ms;              /* monotonic, read once per loop turn */
 	bool draining;
 	uint64_t drain_deadline_ms;

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "core.h"
+#include "ktls.h"
 #include "log.h"
 #include "spool.h"
 
@@ -69,32 +70,13 @@ static struct snapshot *load_config(const char *path, uint64_t generation)
 {
 	struct buf errs;
 	buf_init(&errs, 0);
-	struct snapshot *s = snapshot_load(path, generation, &errs);
+	struct snapshot *s = snapshot_load(path, generation, ktls_kernel_supported(), &errs);
 	if (!s && errs.len == 0)
 		buf_printf(&errs, "%s: cannot load configuration\n", path);
 	if (errs.len > 0)
 		fwrite(errs.data, 1, errs.len, stderr);
 	buf_free(&errs);
 	return s;
-}
-
-/* TLS, STARTTLS and AUTH listeners parse, but this build cannot serve them
- * yet: refuse to start rather than silently serve plaintext. */
-static int refuse_tls_listeners(const struct conf *c)
-{
-	int bad = 0;
-	for (size_t i = 0; i < c->nlisteners; i++) {
-		const struct conf_listener *l = &c->listeners[i];
-		if (!(l->flags & (CONF_LISTEN_TLS | CONF_LISTEN_TLS_REQUIRE | CONF_LISTEN_SMTPS |
-				  CONF_LISTEN_AUTH | CONF_LISTEN_VERIFY)))
-			continue;
-		fprintf(stderr,
-			"%s:%d:%d: listen on %s port %u: tls, tls-require, smtps, verify and auth are not "
-			"supported by this build yet\n",
-			c->path, l->line, l->col, l->addr_text, l->port);
-		bad = 1;
-	}
-	return bad ? -1 : 0;
 }
 
 /* CPUs this process may run on, in order; one core thread per CPU. */
@@ -230,13 +212,28 @@ static int open_listeners(const struct conf *c, unsigned ncores, int *fds)
 	return 0;
 }
 
+static void log_tls_path(const struct snapshot *s)
+{
+	if (s->conf->npkis == 0)
+		return;
+	if (s->ktls)
+		log_info("tls: kTLS offload in use: after each handshake the kernel does the records "
+			 "(AES-128-GCM, AES-256-GCM, ChaCha20-Poly1305)");
+	else if (s->conf->ktls == CONF_KTLS_OFF)
+		log_info("tls: userspace path (BoringSSL records): ktls off in the config");
+	else
+		log_info("tls: userspace path (BoringSSL records): this kernel has no kTLS "
+			 "(TCP_ULP \"tls\")");
+}
+
 static void reload(struct snapshot **current)
 {
 	uint64_t generation = (*current)->generation + 1;
 	log_info("reloading %s", g_daemon.config_path);
 	struct buf errs;
 	buf_init(&errs, 0);
-	struct snapshot *next = snapshot_load(g_daemon.config_path, generation, &errs);
+	struct snapshot *next =
+		snapshot_load(g_daemon.config_path, generation, ktls_kernel_supported(), &errs);
 	if (!next) {
 		buf_append(&errs, "", 1);
 		char *save = NULL;
@@ -322,8 +319,6 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	const struct conf *c = snap->conf;
-	if (refuse_tls_listeners(c) < 0)
-		return 1;
 	if (c->nlisteners == 0) {
 		fprintf(stderr, "%s: no listen directive: nothing to serve\n", opt.config_path);
 		return 1;
@@ -363,6 +358,7 @@ int main(int argc, char **argv)
 		log_info("listening on %s port %u", c->listeners[i].addr_text, c->listeners[i].port);
 	log_info("mxd started: %u cores, spool %s, max message size %llu", ncores, c->spool_dir,
 		 (unsigned long long)c->max_message_size);
+	log_tls_path(snap);
 
 	int status = signal_loop(&snap);
 	log_info("mxd stopped");
