@@ -1080,7 +1080,7 @@ static long read_record(int fd, uint8_t *out, size_t cap, const struct timespec 
 	return (long)have;
 }
 
-static bool keylog_secret(const char *file, const char *label, uint8_t *out, size_t *len)
+static bool keylog_secret_once(const char *file, const char *label, uint8_t *out, size_t *len)
 {
 	FILE *f = fopen(file, "r");
 	if (!f)
@@ -1097,6 +1097,19 @@ static bool keylog_secret(const char *file, const char *label, uint8_t *out, siz
 	}
 	fclose(f);
 	return found;
+}
+
+/* s_client writes its keylog lines on its own schedule, possibly after our
+ * side of the handshake is done: give it a moment before calling a line
+ * missing. */
+static bool keylog_secret(const char *file, const char *label, uint8_t *out, size_t *len)
+{
+	for (int tries = 0; tries < 200; tries++) {
+		if (keylog_secret_once(file, label, out, len))
+			return true;
+		usleep(10000);
+	}
+	return false;
 }
 
 static void sclient_case(const struct tls_server *t, bool tls13, const char *suite,
