@@ -164,12 +164,19 @@ class SwaksTest(MxdTestCase):
             self.assertEqual(rc, 0, out)
             qid = queued_id(out)
             self.assertTrue(qid, out)
+            # STARTTLS works out of the box with the dev certificate
+            rc, out = swaks(2525, "--tls", "--to", "postmaster@example.com")
+            self.assertEqual(rc, 0, out)
+            self.assertIn("TLS started", out)
+            tls_qid = queued_id(out)
+            self.assertTrue(tls_qid, out)
         finally:
             proc.send_signal(signal.SIGTERM)
             rc = proc.wait(60)
             log.close()
         self.assertEqual(rc, 0, open(log.name, errors="replace").read()[-4000:])
         self.assertIn(qid, spool_ids(spool))
+        self.assertIn(tls_qid, spool_ids(spool))
 
 
 if __name__ == "__main__":
