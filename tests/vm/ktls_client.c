@@ -33,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -105,8 +106,10 @@ static void put_raw(struct conn *c, const char *p, size_t n)
 		if (c->ssl) {
 			int chunk = n > (1u << 30) ? 1 << 30 : (int)n;
 			int w = SSL_write(c->ssl, p, chunk);
-			if (w <= 0)
-				failf("SSL_write: error %d", SSL_get_error(c->ssl, w));
+			if (w <= 0) {
+				int e = SSL_get_error(c->ssl, w);
+				failf("SSL_write: %s", e == SSL_ERROR_SYSCALL && errno ? strerror(errno) : "tls error");
+			}
 			p += w;
 			n -= (size_t)w;
 		} else {
@@ -151,8 +154,10 @@ static bool fill(struct conn *c)
 				int e = SSL_get_error(c->ssl, r);
 				if (e == SSL_ERROR_ZERO_RETURN)
 					return false;
-				failf("SSL_read: error %d (%s)", e,
-				      e == SSL_ERROR_SYSCALL ? strerror(errno) : "tls");
+				if (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0)
+					failf("SSL_read: %s", r == 0 || errno == 0 ? "connection closed without close_notify"
+										 : strerror(errno));
+				failf("SSL_read: error %d", e);
 			}
 			c->in_len += (size_t)r;
 			return true;
@@ -527,6 +532,9 @@ static void usage(void)
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
+	/* A server that drops the connection must show up as a failed write,
+	 * not as death by SIGPIPE inside SSL_write. */
+	signal(SIGPIPE, SIG_IGN);
 	int ch;
 	while ((ch = getopt(argc, argv, "p:H:m:V:c:e:n:s:l:o:C:N:t:kS")) != -1) {
 		switch (ch) {
