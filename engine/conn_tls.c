@@ -34,6 +34,7 @@
 /* Largest TLS 1.2 ciphertext record (RFC 5246 6.2.3) plus its header. */
 #define TLS_RECORD_MAX (TLS_RECORD_HEADER + 16384 + 2048)
 #define TLS_CONTENT_ALERT 21
+#define TLS_CONTENT_HANDSHAKE 22
 #define TLS_ALERT_CLOSE_NOTIFY 0
 
 static _Thread_local char plaintext[16384];
@@ -367,7 +368,17 @@ void conn_ktls_read_error(struct conn *c, int res)
 		conn_abort(c, "tls close");
 		return;
 	}
+	int type = cm ? *CMSG_DATA(cm) : -1;
+	if (type == TLS_CONTENT_HANDSHAKE) {
+		/* post-handshake messages (KeyUpdate, tickets) cannot be
+		 * followed once the kernel holds the keys */
+		log_info("session=%s client sent a TLS handshake message (KeyUpdate?) that kTLS "
+			 "cannot follow; closing",
+			 c->sid);
+		conn_abort(c, "tls keyupdate");
+		return;
+	}
 	log_info("session=%s kTLS read failed (%s), record type %d; closing", c->sid,
-		 strerror(-res), cm ? *CMSG_DATA(cm) : -1);
+		 strerror(-res), type);
 	conn_abort(c, "tls error");
 }
