@@ -268,6 +268,60 @@ class TlsClientsTest(TlsTestCase):
         self.assertSessionPath(d, plain_port, "none")
         self.assertSessionPath(d, tls_port, "userspace")
 
+    def test_session_resumption_across_cores(self):
+        """Tickets work on every core (keys shared, RFC 8446 / 5077): with
+        4 cores, 24 reconnections with the first session's ticket all
+        resume, TLS 1.3 on STARTTLS and TLS 1.2 on smtps, land on more than
+        one core, and a resumed session delivers like any other."""
+        p = self.pki(MAIL_NAME, self.certs.server(MAIL_NAME))
+        d = self.tls_mxd(["tls pki %s" % MAIL_NAME, "smtps pki %s" % MAIL_NAME], [p], cores=4)
+        ca = self.certs.ca()
+        sent = {}
+        for port, implicit, maxv in ((d.ports[0], False, None),
+                                     (d.ports[1], True, ssl.TLSVersion.TLSv1_2)):
+            ctx = client_context(ca, maximum=maxv)
+            first = None
+            ports = []
+            for i in range(25):
+                c = TlsRawSmtp(port)
+                with c:
+                    if implicit:
+                        c.sock = ctx.wrap_socket(c.sock, server_hostname="127.0.0.1",
+                                                      session=first)
+                        c.connect_greeting()
+                    else:
+                        c.connect_greeting()
+                        c.ehlo()
+                        self.assertEqual(c.cmd("STARTTLS").code, 220)
+                        c.sock = ctx.wrap_socket(c.sock, server_hostname="127.0.0.1",
+                                                      session=first)
+                    c.ehlo()
+                    if first is None:
+                        # TLS 1.3 tickets arrive after the handshake: the
+                        # EHLO round trip has read them.
+                        first = c.sock.session
+                        self.assertFalse(c.sock.session_reused)
+                    else:
+                        self.assertTrue(c.sock.session_reused, "connection %d not resumed" % i)
+                        ports.append(c.sock.getsockname()[1])
+                    if i == 24:
+                        content = b"Subject: resumed\r\n\r\nresumed session\r\n"
+                        r, qid = c.send_message("a@example.org", ["b@example.com"], content)
+                        self.assertEqual(r.code, 250, r)
+                        sent[qid] = (content, c.sock.version())
+                    c.cmd("QUIT")
+            cores = set()
+            for cp in ports:
+                line = wait_for_log(d, r"session=\S+ open client=\S+ port=%d\b" % cp)[-1]
+                cores.add(re.search(r"mxd\[(core\d+)\]", line).group(1))
+            self.assertGreater(len(cores), 1, "all resumed sessions on one core: %r" % cores)
+        resumed = wait_for_log(d, r"tls established .* resumed", count=48)
+        self.assertEqual(len(resumed), 48)
+        self.stop_ok(d)
+        self.assertEqual(sorted(d.spool_ids()), sorted(sent))
+        for qid, (content, version) in sent.items():
+            self.assertEqual(self.assertTlsReceived(d.spool_cat(qid), qid, version), content)
+
     # -- swaks --------------------------------------------------------------
     def _swaks(self, port, *args):
         r = subprocess.run([SWAKS, "--server", "127.0.0.1:%d" % port, "--helo",

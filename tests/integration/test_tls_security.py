@@ -19,6 +19,8 @@
 import base64
 import os
 import re
+import shutil
+import signal
 import smtplib
 import socket
 import ssl
@@ -385,6 +387,38 @@ class TlsSecurityTest(TlsTestCase):
                 c.ehlo()
                 c.cmd("QUIT")
             self.stop_ok(d)
+
+    def test_reload_rotates_certificate_and_checks_key(self):
+        """SIGHUP rereads the pki: a new certificate and key in the same
+        files are served to new sessions; a key made 0644 meanwhile makes
+        the reload refused (logged with chmod 600) and the old one stays."""
+        p = self.pki(MAIL_NAME, self.certs.server(MAIL_NAME))
+        d = self.tls_mxd(["smtps pki %s" % MAIL_NAME], [p])
+
+        def served():
+            with TlsRawSmtp(d.port) as c:
+                c.wrap_now(client_context(verify=False))
+                self.assertEqual(c.connect_greeting().code, 220)
+                der = c.sock.getpeercert(binary_form=True)
+                c.cmd("QUIT")
+            return der
+
+        self.assertEqual(served(), p.files.der())
+        rotated = self.certs.server("rotated.example.com")
+        shutil.copyfile(rotated.cert, p.files.cert)
+        shutil.copyfile(rotated.key, p.files.key)
+        d.signal(signal.SIGHUP)
+        wait_for_log(d, r"reload: config generation 2 published")
+        wait_for_log(d, r"config generation 2 in use", count=2)
+        self.assertEqual(served(), rotated.der())
+        os.chmod(p.files.key, 0o644)
+        d.signal(signal.SIGHUP)
+        line = wait_for_log(d, r"reload refused")[-1]
+        self.assertIn("chmod 600 %s" % p.files.key, line)
+        self.assertTrue(d.running())
+        self.assertEqual(served(), rotated.der())
+        os.chmod(p.files.key, 0o600)
+        self.stop_ok(d)
 
     # -- SNI ------------------------------------------------------------------
     def test_sni_two_pki(self):
