@@ -104,7 +104,12 @@ static void record_peer_facts(struct conn *c)
 	snprintf(p->tls_version, sizeof p->tls_version, "%s", tls_version_name(c->ssl));
 	snprintf(p->tls_cipher, sizeof p->tls_cipher, "%s", tls_cipher_name(c->ssl));
 	char name[sizeof p->auth_user];
-	if (tls_client_verified(c->ssl, name, sizeof name)) {
+	/* Only a listener that asks for certificates trusts them: a session
+	 * resumed from a "verify" listener's ticket carries the old peer
+	 * certificate, which must not authenticate anywhere else. */
+	bool trusts_certificates = conn_snapshot(c)->conf->listeners[c->listener].flags &
+				   CONF_LISTEN_VERIFY;
+	if (trusts_certificates && tls_client_verified(c->ssl, name, sizeof name)) {
 		/* a verified client certificate may relay (the seed's
 		 * certificate-based relaying), as AUTH would allow */
 		p->authenticated = true;

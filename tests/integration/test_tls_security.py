@@ -356,6 +356,36 @@ class TlsSecurityTest(TlsTestCase):
             self.assertEqual(got, content)
             self.assertRegex(header.decode(), r"\bwith ESMTPSA?\b")
 
+    def test_resumed_certificate_session_does_not_authenticate_elsewhere(self):
+        """A ticket from a `verify` listener resumed on a listener of the
+        same pki without `verify` carries the old client certificate; it
+        must not let the client relay there (a fresh handshake does not)."""
+        ca = self.certs.ca()
+        good = self.certs.client("trusted-client.example.net", ca_label="ca")
+        p = self.pki(MAIL_NAME, self.certs.server(MAIL_NAME), ca=ca)
+        d = self.tls_mxd(["smtps pki %s verify" % MAIL_NAME, "smtps pki %s" % MAIL_NAME], [p])
+        for maximum in (None, ssl.TLSVersion.TLSv1_2):
+            ctx = client_context(ca, cert=good, maximum=maximum)
+            c = TlsRawSmtp(d.ports[0])
+            c.wrap_now(ctx, server_hostname=MAIL_NAME)
+            c.connect_greeting()
+            c.ehlo()
+            self.assertEqual(c.cmd("MAIL FROM:<a@example.net>").code, 250)
+            self.assertEqual(c.cmd("RCPT TO:<%s>" % FOREIGN).code, 250)
+            c.cmd("QUIT")
+            ticket = c.sock.session
+            c.close()
+            c = TlsRawSmtp(d.ports[1])
+            c.sock = ctx.wrap_socket(c.sock, server_hostname=MAIL_NAME, session=ticket)
+            c.connect_greeting()
+            self.assertTrue(c.sock.session_reused)
+            c.ehlo()
+            self.assertEqual(c.cmd("MAIL FROM:<a@example.net>").code, 250)
+            self.assertEnhanced(c.cmd("RCPT TO:<%s>" % FOREIGN), 554, "5.7.1")
+            c.cmd("QUIT")
+            c.close()
+        self.stop_ok(d)
+
     # -- key permissions ----------------------------------------------------
     def test_key_readable_by_others_refused(self):
         """starttls(8): the key must be private. 0644, 0640 and 0604 are
