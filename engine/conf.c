@@ -1401,19 +1401,29 @@ static int d_max_line_length(struct parser *p, const struct token *dir)
 		       &p->c->max_line_length);
 }
 
+/* A setting that is one of a few keywords: the index of the one given,
+ * or -1 after "expected ..." at the token. */
+static int one_of(struct parser *p, const char *const *words, size_t n, const char *expected)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (is_kw(p, words[i])) {
+			lex(p);
+			return (int)i;
+		}
+	}
+	perr(p, &p->tok, "%s", expected);
+	return -1;
+}
+
 static int d_bare_newlines(struct parser *p, const struct token *dir)
 {
+	static const char *const words[] = {"reject", "accept"};
 	if (once(p, SEEN_BARE_NEWLINES, dir) < 0)
 		return -1;
-	if (is_kw(p, "accept"))
-		p->c->accept_bare_newlines = true;
-	else if (is_kw(p, "reject"))
-		p->c->accept_bare_newlines = false;
-	else {
-		perr(p, &p->tok, "expected accept or reject");
+	int i = one_of(p, words, 2, "expected accept or reject");
+	if (i < 0)
 		return -1;
-	}
-	lex(p);
+	p->c->accept_bare_newlines = i == 1;
 	return 0;
 }
 
@@ -1502,19 +1512,14 @@ static int d_cores(struct parser *p, const struct token *dir)
 
 static int d_ktls(struct parser *p, const struct token *dir)
 {
+	/* in enum conf_ktls order */
+	static const char *const words[] = {"auto", "on", "off"};
 	if (once(p, SEEN_KTLS, dir) < 0)
 		return -1;
-	if (is_kw(p, "auto"))
-		p->c->ktls = CONF_KTLS_AUTO;
-	else if (is_kw(p, "on"))
-		p->c->ktls = CONF_KTLS_ON;
-	else if (is_kw(p, "off"))
-		p->c->ktls = CONF_KTLS_OFF;
-	else {
-		perr(p, &p->tok, "expected auto, on or off");
+	int i = one_of(p, words, 3, "expected auto, on or off");
+	if (i < 0)
 		return -1;
-	}
-	lex(p);
+	p->c->ktls = (enum conf_ktls)i;
 	return 0;
 }
 
