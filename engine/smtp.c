@@ -1994,9 +1994,9 @@ void smtp_tls_established(struct smtp_session *s)
 
 void smtp_auth_done(struct smtp_session *s, bool ok, struct buf *out)
 {
-	explicit_bzero(s->auth_password, sizeof s->auth_password);
-	/* A session closed while its credentials were checked has said its
-	 * last word (as with smtp_commit_done). */
+	/* auth_end() wipes the password on every path. A session closed
+	 * while its credentials were checked has said its last word (as
+	 * with smtp_commit_done). */
 	if (s->state == SMTP_S_CLOSED || s->auth_step != AUTH_CHECK) {
 		assert(s->state == SMTP_S_CLOSED);
 		auth_end(s);

@@ -248,8 +248,9 @@ static bool all_zero(const char *p, size_t n)
 
 /* The shell's side of SMTP_AUTH_CHECK: the credentials are complete and
  * NUL-terminated, nothing is taken until the verdict, the password is
- * gone after it. */
-static void auth_check(struct smtp_session *s, struct smtp_peer *peer, struct transcript *t,
+ * gone after it. False when the session did not move on (the run stops
+ * rather than loop). */
+static bool auth_check(struct smtp_session *s, struct smtp_peer *peer, struct transcript *t,
 		       const struct script *sc, const char *rest, size_t rest_len, size_t at)
 {
 	INVARIANT(smtp_waiting_for(s) == SMTP_WAIT_COMMIT);
@@ -270,11 +271,13 @@ static void auth_check(struct smtp_session *s, struct smtp_peer *peer, struct tr
 	smtp_auth_done(s, ok, &t->out);
 	INVARIANT(all_zero(s->auth_password, sizeof s->auth_password));
 	INVARIANT(s->authenticated == ok);
-	INVARIANT(smtp_waiting_for(s) != SMTP_WAIT_COMMIT);
 	if (ok) {
 		peer->authenticated = true;
 		memcpy(peer->auth_user, s->auth_user, sizeof peer->auth_user);
 	}
+	bool moved_on = smtp_waiting_for(s) != SMTP_WAIT_COMMIT;
+	INVARIANT(moved_on);
+	return moved_on;
 }
 
 static unsigned count_negative_lines(const char *p, size_t n)
@@ -320,7 +323,8 @@ static bool feed_piece(struct smtp_session *s, struct smtp_peer *peer, struct tr
 			INVARIANT(!s->authenticated);
 			return false;
 		case SMTP_AUTH_CHECK:
-			auth_check(s, peer, t, sc, p + pos, n - pos, base + pos);
+			if (!auth_check(s, peer, t, sc, p + pos, n - pos, base + pos))
+				return false;
 			continue;
 		case SMTP_CLOSE:
 			buf_printf(&t->log, "CLOSE@%zu\n", base + pos);
@@ -1417,6 +1421,94 @@ static void test_starttls_consumed(void)
 	buf_free(&out);
 }
 
+/* The shell's view of an AUTH check: where the input stops, what
+ * waiting_for says, the verdict's reply and hook, and what is wiped. */
+static void test_auth_check(void)
+{
+	struct script sc = { .auth = true, .peer_tls = true };
+	struct smtp_config cfg = config_for(&sc);
+	struct smtp_peer peer = peer_for(&sc);
+	char line[512] = { 0 };
+	struct hook_record rec = { 0 };
+	struct smtp_session s;
+	struct buf out;
+	size_t used;
+	buf_init(&out, 0);
+	smtp_session_init(&s, &cfg, &peer, line, (struct smtp_hooks){ &rec, record_reject });
+	const char *in = "EHLO c.test\r\nAUTH PLAIN " PLAIN_ALICE "\r\nNOOP\r\n";
+	CHECK(feed_str(&s, in, &used, &out) == SMTP_AUTH_CHECK);
+	CHECK(used == strlen(in) - strlen("NOOP\r\n"));
+	CHECK_STR_EQ(s.auth_user, "alice");
+	CHECK_STR_EQ(s.auth_password, "secret");
+	CHECK(smtp_waiting_for(&s) == SMTP_WAIT_COMMIT);
+	size_t len = out.len;
+	CHECK(feed_str(&s, "NOOP\r\n", &used, &out) == SMTP_AUTH_CHECK);
+	CHECK(used == 0 && out.len == len);
+	smtp_auth_done(&s, false, &out);
+	CHECK(rec.calls == 1);
+	CHECK_STR_EQ(rec.verb, "AUTH");
+	CHECK_STR_EQ(rec.reply, "535 5.7.8 Authentication credentials invalid");
+	CHECK(s.errors == 1 && !s.authenticated);
+	CHECK(all_zero(s.auth_password, sizeof s.auth_password));
+	CHECK_STR_EQ(s.auth_user, "alice"); /* kept for the log */
+	CHECK(smtp_waiting_for(&s) == SMTP_WAIT_COMMAND);
+
+	/* Split across feeds, the line is assembled in the session's buffer:
+	 * it is wiped once read. */
+	CHECK(feed_str(&s, "NOOP\r\nAUTH PLAIN AGFsaWNl", &used, &out) == SMTP_NEED_MORE);
+	CHECK(feed_str(&s, "AHNlY3JldA==\r\n", &used, &out) == SMTP_AUTH_CHECK);
+	CHECK(all_zero(line, sizeof line));
+	smtp_auth_done(&s, true, &out);
+	CHECK(s.authenticated && rec.calls == 1);
+	CHECK(all_zero(s.auth_password, sizeof s.auth_password));
+	CHECK(check_contains(out.data, out.len, "235 2.7.0 Authentication successful\r\n"));
+	/* So is a response line. */
+	smtp_tls_established(&s); /* (as if) a new TLS session forgets it all */
+	CHECK(!s.authenticated && s.auth_user[0] == '\0');
+	CHECK(feed_str(&s, "EHLO c.test\r\nAUTH LOGIN\r\nYWxp", &used, &out) == SMTP_NEED_MORE);
+	CHECK(feed_str(&s, "Y2U=\r\nc2Vj", &used, &out) == SMTP_NEED_MORE);
+	CHECK(feed_str(&s, "cmV0\r\n", &used, &out) == SMTP_AUTH_CHECK);
+	CHECK(all_zero(line, sizeof line));
+	CHECK_STR_EQ(s.auth_password, "secret");
+
+	/* Closed while the check runs: the verdict says nothing. */
+	smtp_timeout(&s, &out);
+	CHECK_STR_EQ(s.auth_password, "secret"); /* the shell may still be reading it */
+	len = out.len;
+	smtp_auth_done(&s, true, &out);
+	CHECK(out.len == len && !s.authenticated);
+	CHECK(all_zero(s.auth_password, sizeof s.auth_password));
+	CHECK(smtp_waiting_for(&s) == SMTP_WAIT_CLOSED);
+	smtp_session_free(&s);
+	buf_free(&out);
+}
+
+/* RFC 4954 4: exchange lines are bounded by 12288 octets even when the
+ * configured line limit is larger; commands keep the configured limit. */
+static void test_auth_line_cap(void)
+{
+	/* Trailing blanks are not part of the response but count toward the
+	 * line: 12284 + 2 + CRLF is 12288 octets, one more blank is 12289. */
+	char *b64 = repeat('A', 12284), *cmd_long = repeat('x', 15000), *in;
+	if (asprintf(&in, "EHLO c.test\r\nAUTH PLAIN\r\n%s  \r\nAUTH PLAIN\r\n%s   \r\n"
+			  "NOOP %s\r\n", b64, b64, cmd_long) < 0)
+		abort();
+	struct script sc = {
+		.name = "AUTH line cap at 12288",
+		.auth = true,
+		.peer_tls = true,
+		.max_line = 20000,
+		/* 12284 'A's decode to 9213 zero octets: a well-formed line
+		 * whose content is too long to be credentials. */
+		.want_replies = GREET EHLO_AUTH ASK_PLAIN AUTH_BAD ASK_PLAIN AUTH_TOO_LONG OK,
+	};
+	sc.in[0] = (struct seg){ in, strlen(in) };
+	check_script(&sc);
+	free(in);
+	free(b64);
+	free(cmd_long);
+}
+
 int main(void)
 {
 	test_policy = policy_make();
@@ -1429,6 +1521,8 @@ int main(void)
 	test_hooks_and_waiting();
 	test_commit_after_close();
 	test_starttls_consumed();
+	test_auth_check();
+	test_auth_line_cap();
 	policy_free(test_policy);
 	return check_report("test_smtp");
 }
