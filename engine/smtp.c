@@ -1268,17 +1268,31 @@ static void auth_refuse(struct smtp_session *s, struct buf *out, const char *tex
 #define AUTH_MALFORMED "501 5.5.2 Malformed authentication response"
 #define AUTH_INVALID "535 5.7.8 Authentication credentials invalid"
 
+/* A user name that a password table can hold: table keys are the first
+ * whitespace-delimited field of a line, so no blank or control octet can
+ * be part of one. Refusing them here also keeps them out of the log and of
+ * anything the shell records about the session. */
+static bool auth_user_ok(const unsigned char *user, size_t n)
+{
+	if (n == 0 || n > SMTP_AUTH_USER_MAX)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (user[i] <= 0x20 || user[i] == 0x7f)
+			return false;
+	return true;
+}
+
 /* Both halves are known: hand them to the shell. */
 static void auth_credentials_ready(struct smtp_session *s, const unsigned char *user,
 				   size_t user_len, const unsigned char *password,
 				   size_t password_len, struct buf *out)
 {
-	if (user_len == 0 || user_len > SMTP_AUTH_USER_MAX || password_len == 0 ||
+	if (!auth_user_ok(user, user_len) || password_len == 0 ||
 	    password_len > SMTP_AUTH_PASSWORD_MAX) {
 		auth_refuse(s, out, AUTH_INVALID);
 		return;
 	}
-	assert(!memchr(user, '\0', user_len) && !memchr(password, '\0', password_len));
+	assert(!memchr(password, '\0', password_len));
 	memmove(s->auth_user, user, user_len);
 	s->auth_user[user_len] = '\0';
 	memcpy(s->auth_password, password, password_len);

@@ -1065,6 +1065,10 @@ static const struct script scripts[] = {
 			  "AUTH PLAIN AGFsaWNlAHNlYwByZXQ=\r\n"     /* three NULs */
 			  "AUTH PLAIN AGFsaWNlAA==\r\n"             /* empty password */
 			  "AUTH PLAIN AABzZWNyZXQ=\r\n"             /* empty user */
+			  "AUTH PLAIN AGFsIGljZQBzZWNyZXQ=\r\n"     /* blank in the user */
+			  "AUTH PLAIN AGENCmIAc2VjcmV0\r\n"         /* CR LF in the user */
+			  "AUTH PLAIN AGFsf2ljZQBzZWNyZXQ=\r\n"     /* DEL in the user */
+			  "AUTH LOGIN YSBi\r\n" B64_SECRET "\r\n"   /* blank in the user */
 			  "AUTH PLAIN =\r\n"                        /* empty message */
 			  "AUTH PLAIN\r\n=\r\n"
 			  "AUTH PLAIN\r\n\r\n"
@@ -1073,10 +1077,20 @@ static const struct script scripts[] = {
 			  "AUTH LOGIN =\r\n" B64_SECRET "\r\n"      /* empty user */
 			  "AUTH LOGIN " B64_ALICE "\r\n\r\n") },    /* empty password */
 		.want_replies = GREET EHLO_AUTH AUTH_BAD AUTH_MALFORMED AUTH_MALFORMED AUTH_BAD AUTH_BAD
-			AUTH_MALFORMED ASK_PLAIN AUTH_MALFORMED ASK_PLAIN AUTH_MALFORMED
+			AUTH_BAD AUTH_BAD AUTH_BAD ASK_PASS AUTH_BAD AUTH_MALFORMED ASK_PLAIN AUTH_MALFORMED ASK_PLAIN AUTH_MALFORMED
 			ASK_PASS AUTH_MALFORMED ASK_PASS AUTH_MALFORMED ASK_PASS AUTH_BAD
 			ASK_PASS AUTH_BAD,
 		.want_log = "END wait=0\n",
+	},
+	{
+		.name = "AUTH user name in UTF-8 goes to the check",
+		.auth = true,
+		.peer_tls = true,
+		.verdicts = "n",
+		.in = { S("EHLO c.test\r\nAUTH PLAIN AMOlc2EAc2VjcmV0\r\n") },
+		.want_replies = GREET EHLO_AUTH AUTH_BAD,
+		.want_log = "AUTH@42 user=\"\\xc3\\xa5sa\" pass=\"secret\"\n"
+			    "END wait=0\n",
 	},
 	{
 		.name = "AUTH before TLS is 538; EHLO offers AUTH only inside TLS",
@@ -1132,11 +1146,11 @@ static const struct script scripts[] = {
 		.auth = true,
 		.peer_tls = true,
 		.verdicts = "n",
-		.in = { S("EHLO c.test\r\nAUTH LOGIN\r\nQUIT\r\nRSET\r\nAUTH PLAIN\r\nDATA\r\n"
+		.in = { S("EHLO c.test\r\nAUTH LOGIN\r\nNOOP\r\nQUIT\r\nAUTH PLAIN\r\nDATA\r\n"
 			  "AUTH PLAIN\r\nSTARTTLS\r\nNOOP\r\n") },
 		.want_replies = GREET EHLO_AUTH ASK_USER ASK_PASS AUTH_BAD ASK_PLAIN AUTH_MALFORMED
 			ASK_PLAIN AUTH_MALFORMED OK,
-		.want_log = "AUTH@37 user=\"AB\\x13\" pass=\"E!\\x13\"\n"
+		.want_log = "AUTH@37 user=\"4\\xe3\\x8f\" pass=\"AB\\x13\"\n"
 			    "END wait=0\n",
 	},
 	{
