@@ -63,6 +63,8 @@ enum {
 	SEEN_CORES,
 	SEEN_SEGMENT_SIZE,
 	SEEN_KTLS,
+	SEEN_GREETING_DELAY,
+	SEEN_MIN_DATA_RATE,
 	SEEN_TIMEOUT_GREETING,
 	SEEN_TIMEOUT_COMMAND,
 	SEEN_TIMEOUT_DATA_INIT,
@@ -1390,6 +1392,33 @@ static int d_max_connections_per_client(struct parser *p, const struct token *di
 		       &p->c->max_connections_per_client);
 }
 
+static int d_min_data_rate(struct parser *p, const struct token *dir)
+{
+	return d_count(p, dir, SEEN_MIN_DATA_RATE, 0, 1u << 30, &p->c->min_data_rate);
+}
+
+static int d_greeting_delay(struct parser *p, const struct token *dir)
+{
+	if (once(p, SEEN_GREETING_DELAY, dir) < 0)
+		return -1;
+	uint32_t ms;
+	if (p->tok.type != T_WORD || conf_parse_duration(p->tok.text, &ms) < 0) {
+		if (is_value(p))
+			perr(p, &p->tok, "invalid duration %s (a number with ms, s, m, h or d)",
+			     quote(p->tok.text).s);
+		else
+			perr(p, &p->tok, "expected a duration");
+		return -1;
+	}
+	if (ms > 5 * 60 * 1000) {
+		perr(p, &p->tok, "greeting-delay longer than 5m would trip clients' own timeouts");
+		return -1;
+	}
+	p->c->greeting_delay = ms;
+	lex(p);
+	return 0;
+}
+
 static int d_max_errors(struct parser *p, const struct token *dir)
 {
 	return d_count(p, dir, SEEN_MAX_ERRORS, 1, 1000000, &p->c->max_errors);
@@ -1560,6 +1589,8 @@ static const struct directive {
 	{"hostname", d_hostname},
 	{"segment-size", d_segment_size},
 	{"ktls", d_ktls},
+	{"greeting-delay", d_greeting_delay},
+	{"min-data-rate", d_min_data_rate},
 };
 
 static int statement(struct parser *p)
@@ -1619,6 +1650,7 @@ static void conf_defaults(struct conf *c)
 	c->max_connections_per_client = CONF_DEFAULT_MAX_CONNECTIONS_PER_CLIENT;
 	c->max_errors = CONF_DEFAULT_MAX_ERRORS;
 	c->max_line_length = CONF_DEFAULT_MAX_LINE_LENGTH;
+	c->min_data_rate = CONF_DEFAULT_MIN_DATA_RATE;
 	c->accept_bare_newlines = false;
 	c->timeouts.greeting = 5 * 60 * 1000;
 	c->timeouts.command = 5 * 60 * 1000;

@@ -105,6 +105,10 @@ struct conf {
 	uint32_t max_connections_per_client; /* default 100 */
 	uint32_t max_errors;              /* default 10 */
 	uint32_t max_line_length;         /* default 2048 */
+	uint32_t greeting_delay;          /* ms before the 220; a client that talks
+	                                     first is refused (early talker). 0: off */
+	uint32_t min_data_rate;           /* bytes/s a client must keep up inside
+	                                     DATA/BDAT content; 0: off. default 500 */
 	bool accept_bare_newlines;        /* "bare-newlines accept|reject", default reject */
 	struct conf_timeouts timeouts;
 	char *spool_dir;                  /* default "var/spool" */
@@ -130,6 +134,7 @@ const struct conf_pki *conf_pki_find(const struct conf *c, const char *name);
 #define CONF_DEFAULT_MAX_CONNECTIONS_PER_CLIENT 100u
 #define CONF_DEFAULT_MAX_ERRORS 10u
 #define CONF_DEFAULT_MAX_LINE_LENGTH 2048u
+#define CONF_DEFAULT_MIN_DATA_RATE 500u
 #define CONF_MIN_LINE_LENGTH 512u         /* RFC 5321 4.5.3.1.4 */
 #define CONF_MAX_LINE_LENGTH (1u << 20)
 #define CONF_DEFAULT_SEGMENT_SIZE (256ull << 20)

@@ -29,6 +29,7 @@
 #define LOG_RCPTS_MAX 5
 
 static void conn_pump(struct conn *c);
+static void conn_early_talker(struct conn *c, size_t n);
 static void conn_maybe_finish(struct conn *c);
 
 static const struct conf *conn_conf(const struct conn *c)
@@ -191,27 +192,56 @@ static void log_accepted(struct conn *c)
 
 /* ---- deadlines ---- */
 
+/* A client sending a command byte by byte keeps the deadline of the
+ * command's start, so a slowloris cannot stretch one command forever; inside
+ * message content each read restarts the block timer (RFC 5321 4.5.3.2.5)
+ * and min-data-rate bounds the whole. */
 static void conn_set_deadline(struct conn *c)
 {
 	const struct conf_timeouts *t = &conn_conf(c)->timeouts;
+	uint64_t now = c->core->now_ms;
 	if (c->closing) {
-		c->deadline_ms = c->core->now_ms + CLOSE_LINGER_MS;
+		c->deadline_ms = now + CLOSE_LINGER_MS;
 		return;
 	}
-	switch (smtp_waiting_for(&c->smtp)) {
+	enum smtp_wait wait = smtp_waiting_for(&c->smtp);
+	bool same_wait = wait == c->deadline_for && c->deadline_ms != 0;
+	if (wait == SMTP_WAIT_DATA_BLOCK && !same_wait) {
+		c->data_started_ms = now;
+		c->data_started_rx = c->rx_bytes;
+	}
+	c->deadline_for = wait;
+	switch (wait) {
 	case SMTP_WAIT_COMMAND:
-		c->deadline_ms = c->core->now_ms + t->command;
+		if (!(same_wait && c->smtp.line_len > 0))
+			c->deadline_ms = now + t->command;
 		break;
 	case SMTP_WAIT_DATA_BLOCK:
-		c->deadline_ms = c->core->now_ms + t->data_block;
+		c->deadline_ms = now + t->data_block;
 		break;
 	case SMTP_WAIT_COMMIT:
 		c->deadline_ms = 0; /* waiting on us, not on the client */
 		break;
 	case SMTP_WAIT_CLOSED:
-		c->deadline_ms = c->core->now_ms + CLOSE_LINGER_MS;
+		c->deadline_ms = now + CLOSE_LINGER_MS;
 		break;
 	}
+}
+
+/* Content must arrive at min-data-rate on average once the first
+ * DATA_RATE_GRACE_MS have passed. */
+#define DATA_RATE_GRACE_MS 10000
+
+static bool data_rate_too_low(const struct conn *c)
+{
+	uint32_t min_rate = conn_conf(c)->min_data_rate;
+	if (!min_rate || c->deadline_for != SMTP_WAIT_DATA_BLOCK ||
+	    smtp_waiting_for(&c->smtp) != SMTP_WAIT_DATA_BLOCK)
+		return false;
+	uint64_t elapsed = c->core->now_ms - c->data_started_ms;
+	if (elapsed < DATA_RATE_GRACE_MS)
+		return false;
+	return (c->rx_bytes - c->data_started_rx) * 1000 / elapsed < min_rate;
 }
 
 /* ---- closing ---- */
@@ -260,6 +290,12 @@ static void conn_finish(struct conn *c)
 
 static void conn_maybe_finish(struct conn *c)
 {
+	if (c->closing && c->greet_timer_armed) {
+		struct io_uring_sqe *sqe = core_sqe(c->core);
+		io_uring_prep_timeout_remove(sqe, op_data(c, OP_GREET), 0);
+		io_uring_sqe_set_data64(sqe, op_data(NULL, OP_CANCEL));
+		return; /* finished when the timer's completion comes back */
+	}
 	if (c->closing && c->shut && !c->recv_armed && !c->send_busy && !c->in_spool)
 		conn_finish(c);
 }
@@ -490,7 +526,10 @@ void conn_on_recv(struct conn *c, int res, unsigned flags)
 		assert(flags & IORING_CQE_F_BUFFER);
 		unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
 		const char *data = c->core->rx_mem + (size_t)bid * c->core->rx_size;
-		if (c->tls_mode == CONN_TLS_NONE || c->tls_mode == CONN_TLS_KTLS)
+		c->rx_bytes += (uint64_t)res;
+		if (c->greeting_pending)
+			conn_early_talker(c, (size_t)res);
+		else if (c->tls_mode == CONN_TLS_NONE || c->tls_mode == CONN_TLS_KTLS)
 			conn_input(c, data, (size_t)res);
 		else
 			conn_tls_input(c, data, (size_t)res);
@@ -517,6 +556,44 @@ void conn_on_recv(struct conn *c, int res, unsigned flags)
 	if (c->tls_mode == CONN_TLS_KTLS_SWITCH && !c->recv_armed)
 		conn_tls_progress(c);
 	conn_flush(c);
+	conn_maybe_finish(c);
+}
+
+/* ---- greeting-delay ---- */
+
+/* A client that talks before the 220 is not waiting for the server, as
+ * RFC 5321 4.3.1 requires: most such clients are spam engines. */
+static void conn_early_talker(struct conn *c, size_t n)
+{
+	c->greeting_pending = false;
+	buf_printf(&c->out, "554 5.5.1 %s Error: SMTP protocol violation: client talked before the greeting\r\n",
+		   conn_conf(c)->hostname);
+	log_info("session=%s reject client=%s command=CONNECT reply=\"554 5.5.1 early talker: %zu bytes "
+		 "before the greeting\"",
+		 c->sid, c->peer.addr_str, n);
+	conn_close_after_flush(c, "early talker");
+}
+
+static void conn_delay_greeting(struct conn *c, uint32_t delay_ms)
+{
+	c->greeting_pending = true;
+	c->greet_timer_armed = true;
+	c->greet_ts.tv_sec = delay_ms / 1000;
+	c->greet_ts.tv_nsec = (long long)(delay_ms % 1000) * 1000000;
+	struct io_uring_sqe *sqe = core_sqe(c->core);
+	io_uring_prep_timeout(sqe, &c->greet_ts, 0, 0);
+	io_uring_sqe_set_data64(sqe, op_data(c, OP_GREET));
+}
+
+void conn_on_greet_timer(struct conn *c)
+{
+	c->greet_timer_armed = false;
+	if (c->greeting_pending && !c->closing) {
+		c->greeting_pending = false;
+		smtp_greeting(&c->smtp, &c->out);
+		conn_set_deadline(c);
+		conn_flush(c);
+	}
 	conn_maybe_finish(c);
 }
 
@@ -586,6 +663,9 @@ void conn_accept(struct core *core, unsigned listener, int fd)
 		if (conn_tls_start(c, true) == 0)
 			conn_arm_recv(c);
 		conn_set_deadline(c);
+	} else if (conf->greeting_delay) {
+		conn_delay_greeting(c, conf->greeting_delay);
+		conn_arm_recv(c);
 	} else {
 		smtp_greeting(&c->smtp, &c->out);
 		conn_arm_recv(c);
@@ -618,6 +698,11 @@ void conn_spool_done(struct conn *c, bool ok, bool no_space)
 
 void conn_tick(struct conn *c)
 {
+	if (!c->closing && data_rate_too_low(c)) {
+		log_info("session=%s client=%s data rate below min-data-rate %u bytes/s", c->sid,
+			 c->peer.addr_str, conn_conf(c)->min_data_rate);
+		c->deadline_ms = c->core->now_ms; /* handled as a timeout below */
+	}
 	if (!c->deadline_ms || c->core->now_ms < c->deadline_ms)
 		return;
 	c->deadline_ms = 0;

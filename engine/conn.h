@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include <linux/time_types.h>
 #include <openssl/ssl.h>
 
 #include "buf.h"
@@ -41,6 +42,13 @@ struct conn {
 
 	uint64_t opened_ms;
 	uint64_t deadline_ms;         /* 0: none */
+	enum smtp_wait deadline_for;  /* what the deadline was set for */
+	uint64_t rx_bytes;            /* from the socket, all told */
+	uint64_t data_started_ms;     /* content began (min-data-rate) */
+	uint64_t data_started_rx;
+	bool greeting_pending;        /* greeting-delay running */
+	bool greet_timer_armed;
+	struct __kernel_timespec greet_ts;
 	uint64_t message_started_ns;  /* wall clock of end-of-data, for the record */
 	char message_id[SPOOL_ID_LEN + 1];
 
@@ -73,6 +81,7 @@ struct conn {
 void conn_accept(struct core *core, unsigned listener, int fd);
 void conn_on_recv(struct conn *c, int res, unsigned flags);
 void conn_on_send(struct conn *c, int res);
+void conn_on_greet_timer(struct conn *c);
 /* The spool's verdict for c's message. */
 void conn_spool_done(struct conn *c, bool ok, bool no_space);
 /* Once a second: deadlines. */

@@ -321,6 +321,9 @@ static void dispatch(struct core *core, const struct io_uring_cqe *cqe)
 	case OP_SPOOL:
 		spool_writer_complete(&core->spool, ptr == (void *)&core->spool.batch, cqe->res);
 		break;
+	case OP_GREET:
+		conn_on_greet_timer(ptr);
+		break;
 	case OP_CANCEL:
 		break;
 	}

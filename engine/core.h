@@ -28,6 +28,7 @@ enum op_tag {
 	OP_WAKE = 4,     /* core */
 	OP_SPOOL = 5,    /* spool_writer: a write or the fsync of a batch */
 	OP_CANCEL = 6,   /* nothing to do */
+	OP_GREET = 7,    /* conn: its greeting-delay timer */
 };
 #define OP_TAG_MASK 7u
 

@@ -284,9 +284,22 @@ static void discard_failed_batch(struct spool_writer *w)
 		log_error("spool: staying on segment %08llu", (unsigned long long)w->seq);
 }
 
+#ifdef MXD_TEST_HOOKS
+/* Test builds only: while the file named by MXD_SPOOL_FAULT_FILE exists,
+ * every spool write and fdatasync fails with EIO, as a dying disk would. */
+static int injected_fault(int res)
+{
+	const char *trigger = getenv("MXD_SPOOL_FAULT_FILE");
+	return trigger && access(trigger, F_OK) == 0 ? -EIO : res;
+}
+#endif
+
 void spool_writer_complete(struct spool_writer *w, bool is_fsync, int res)
 {
 	struct spool_batch *b = &w->batch;
+#ifdef MXD_TEST_HOOKS
+	res = injected_fault(res);
+#endif
 	assert(w->in_flight && b->ops_left > 0);
 	if (res < 0) {
 		if (!b->failed && res != -ECANCELED)

@@ -547,6 +547,31 @@ static void test_ktls(void)
 	PARSE_ERR("ktls on\nktls off\n", "mxd.conf:2:1: duplicate \"ktls\" (first set on line 1)\n");
 }
 
+static void test_abuse_settings(void)
+{
+	struct conf *c = PARSE_OK("\n");
+	CHECK(c && c->greeting_delay == 0 && c->min_data_rate == CONF_DEFAULT_MIN_DATA_RATE);
+	conf_free(c);
+	c = PARSE_OK("greeting-delay 1500ms\nmin-data-rate 0\n");
+	CHECK(c && c->greeting_delay == 1500 && c->min_data_rate == 0);
+	conf_free(c);
+	c = PARSE_OK("greeting-delay 5m\nmin-data-rate 1073741824\n"); /* the upper edges */
+	CHECK(c && c->greeting_delay == 300000 && c->min_data_rate == 1u << 30);
+	conf_free(c);
+	c = PARSE_OK("greeting-delay 0\n");
+	CHECK(c && c->greeting_delay == 0);
+	conf_free(c);
+
+	PARSE_ERR("greeting-delay 301s\n",
+		  "mxd.conf:1:16: greeting-delay longer than 5m would trip clients' own timeouts\n");
+	PARSE_ERR("greeting-delay soon\n",
+		  "mxd.conf:1:16: invalid duration \"soon\" (a number with ms, s, m, h or d)\n");
+	PARSE_ERR("greeting-delay\n", "mxd.conf:1:15: expected a duration\n");
+	PARSE_ERR("min-data-rate fast\n", "mxd.conf:1:15: expected a number\n");
+	PARSE_ERR("greeting-delay 1s\ngreeting-delay 2s\n",
+		  "mxd.conf:2:1: duplicate \"greeting-delay\" (first set on line 1)\n");
+}
+
 static void test_lexer(void)
 {
 	/* strings with escapes, comments after statements, CRLF, continuation */
@@ -749,6 +774,7 @@ int main(void)
 	test_accept();
 	test_limits();
 	test_ktls();
+	test_abuse_settings();
 	test_lexer();
 	test_sizes();
 	test_load();
