@@ -22,6 +22,33 @@
  *                    field (mxd's Received: and its folded lines), so the
  *                    rest can be compared with cmp against -o's file.
  *
+ * -W SPEC (the wire cases): the client runs its TLS over memory BIOs and
+ * decides itself what each send() carries, to put application data in the
+ * same TCP segment as the client's Finished, where mxd must decrypt it in
+ * userspace before it hands the receive side to the kernel. SPEC is a
+ * comma-separated list:
+ *   coalesce  the first command inside TLS (EHLO) leaves in the same send()
+ *             as the handshake's last flight (the client's Finished);
+ *   pipeline  EHLO, MAIL and RCPT (three records) leave with it;
+ *   split=N   only the first N bytes of those records go with the Finished,
+ *             the rest follows in a second send() WIRE_SPLIT_PAUSE_MS later,
+ *             so mxd holds a partial record when the handshake ends (N < 5:
+ *             a partial record header);
+ *   split=R:N the same with the cut N bytes into the command record after R
+ *             whole ones (pipeline,split=1:2: the EHLO record whole and 2
+ *             header bytes of MAIL's; split=1:0 cuts on the boundary);
+ *   keyupdate TLS 1.3: a KeyUpdate (update_not_requested) goes first, in
+ *             its own record: it counts as a command record for split=R:N.
+ *             mxd decrypts it in userspace, so the keys it then gives the
+ *             kernel must be the updated ones (or it must stay in
+ *             userspace, or close the session saying why).
+ * For smtps the commands go out before the 220 has been read (mxd must keep
+ * them until after its greeting). TLS 1.2 needs False Start for this (the
+ * client's Finished is only its last flight when it does not wait for the
+ * server's): BoringSSL builds only. Each send() of a -W session up to and
+ * including the ones that carry the Finished is logged as "ktls_client:
+ * wire send#K ..." with the TLS records it carried (type/length).
+ *
  * Exit: 0 message accepted, 1 failure (TLS, SMTP, I/O), 2 usage. */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -63,6 +90,11 @@ struct opts {
 	unsigned seed;
 	int timeout_s;
 	bool key_update;       /* TLS 1.3: send a KeyUpdate before MAIL */
+	bool wire;             /* -W: memory BIOs, we choose what each send() carries */
+	bool wire_pipeline;    /* -W pipeline: EHLO, MAIL, RCPT behind the Finished */
+	long wire_split;       /* -W split=[R:]N: bytes of them in the Finished's send(); -1 all */
+	long wire_split_rec;   /* R: whole command records before those N bytes */
+	bool wire_keyupdate;   /* -W keyupdate: a TLS 1.3 KeyUpdate before them */
 };
 
 static struct opts o = {
@@ -71,13 +103,25 @@ static struct opts o = {
 	.size = 4096,
 	.seed = 1,
 	.timeout_s = 120,
+	.wire_split = -1,
 };
+
+/* -W split=N: the pause between the two send()s, long enough for mxd to
+ * take the first segment alone (finish the handshake, stop its multishot
+ * recv, wait for the rest of the record with its one-shot recv). */
+#define WIRE_SPLIT_PAUSE_MS 300
 
 struct conn {
 	int fd;
 	SSL *ssl;
 	char in[8192];
 	size_t in_len, in_off;
+	/* -W: SSL reads rbio and writes wbio (memory BIOs, owned by ssl) */
+	BIO *rbio, *wbio;
+	bool hold;             /* keep records in wbio: they go out with the Finished */
+	unsigned held_writes;  /* SSL_writes while holding: one record each */
+	unsigned sends;        /* send() calls on the TLS connection so far */
+	bool released;         /* the held bytes are out: stop logging each send() */
 };
 
 static void failf(const char *fmt, ...)
@@ -100,10 +144,105 @@ static void failf(const char *fmt, ...)
 
 /* ---- wire I/O: plaintext socket before TLS, SSL after ---- */
 
+static void send_all(struct conn *c, const char *p, size_t n)
+{
+	while (n > 0) {
+		ssize_t w = send(c->fd, p, n, MSG_NOSIGNAL);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			failf("send: %s", strerror(errno));
+		}
+		p += w;
+		n -= (size_t)w;
+	}
+}
+
+/* -W: what BoringSSL/OpenSSL wrote to wbio, taken out (caller frees). */
+static char *take_wbio(struct conn *c, size_t *len)
+{
+	size_t n = BIO_pending(c->wbio);
+	char *p = malloc(n ? n : 1);
+	if (!p)
+		failf("out of memory");
+	if (n > 0 && BIO_read(c->wbio, p, (int)n) != (int)n)
+		failf("BIO_read of the write BIO");
+	*len = n;
+	return p;
+}
+
+/* The TLS records in p[0..n) as "type/length ..." into out. */
+static void describe_records(const unsigned char *p, size_t n, char *out, size_t cap)
+{
+	size_t used = 0;
+	out[0] = '\0';
+	while (n > 0 && used + 32 < cap) {
+		if (n < 5) {
+			used += (size_t)snprintf(out + used, cap - used, "%s(%zu header bytes)", used ? " " : "", n);
+			break;
+		}
+		size_t body = (size_t)p[3] << 8 | p[4];
+		if (body + 5 > n) {
+			used += (size_t)snprintf(out + used, cap - used, "%s%u/%zu(first %zu bytes)", used ? " " : "",
+						 p[0], body, n);
+			break;
+		}
+		used += (size_t)snprintf(out + used, cap - used, "%s%u/%zu", used ? " " : "", p[0], body);
+		p += body + 5;
+		n -= body + 5;
+	}
+}
+
+/* -W: one send() of whatever wbio holds (nothing while holding). */
+static void wire_flush(struct conn *c)
+{
+	if (c->hold || BIO_pending(c->wbio) == 0)
+		return;
+	size_t n;
+	char *p = take_wbio(c, &n);
+	char recs[512];
+	describe_records((const unsigned char *)p, n, recs, sizeof recs);
+	c->sends++;
+	if (!c->released) /* the handshake's flights */
+		printf("ktls_client: wire send#%u bytes=%zu records=[%s]\n", c->sends, n, recs);
+	send_all(c, p, n);
+	free(p);
+}
+
+/* -W: bytes from the socket into rbio; false at EOF. */
+static bool wire_recv(struct conn *c)
+{
+	char buf[16384];
+	for (;;) {
+		ssize_t r = recv(c->fd, buf, sizeof buf, 0);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			failf("recv: %s", strerror(errno));
+		if (r == 0) {
+			BIO_set_mem_eof_return(c->rbio, 0); /* SSL_read sees the EOF */
+			return false;
+		}
+		if (BIO_write(c->rbio, buf, (int)r) != (int)r)
+			failf("BIO_write of the read BIO");
+		return true;
+	}
+}
+
 static void put_raw(struct conn *c, const char *p, size_t n)
 {
 	while (n > 0) {
-		if (c->ssl) {
+		if (c->ssl && c->rbio) {
+			int chunk = n > 16384 ? 16384 : (int)n;
+			int w = SSL_write(c->ssl, p, chunk);
+			if (w <= 0)
+				failf("SSL_write: error %d", SSL_get_error(c->ssl, w));
+			if (c->hold)
+				c->held_writes++;
+			wire_flush(c);
+			p += w;
+			n -= (size_t)w;
+		} else if (c->ssl) {
 			int chunk = n > (1u << 30) ? 1 << 30 : (int)n;
 			int w = SSL_write(c->ssl, p, chunk);
 			if (w <= 0) {
@@ -113,14 +252,8 @@ static void put_raw(struct conn *c, const char *p, size_t n)
 			p += w;
 			n -= (size_t)w;
 		} else {
-			ssize_t w = send(c->fd, p, n, MSG_NOSIGNAL);
-			if (w < 0) {
-				if (errno == EINTR)
-					continue;
-				failf("send: %s", strerror(errno));
-			}
-			p += w;
-			n -= (size_t)w;
+			send_all(c, p, n);
+			n = 0;
 		}
 	}
 }
@@ -150,8 +283,14 @@ static bool fill(struct conn *c)
 	for (;;) {
 		if (c->ssl) {
 			int r = SSL_read(c->ssl, c->in + c->in_len, (int)(sizeof c->in - c->in_len));
+			if (c->rbio)
+				wire_flush(c); /* whatever reading made the library write */
 			if (r <= 0) {
 				int e = SSL_get_error(c->ssl, r);
+				if (e == SSL_ERROR_WANT_READ && c->rbio) {
+					wire_recv(c); /* at EOF rbio now says so */
+					continue;
+				}
 				if (e == SSL_ERROR_ZERO_RETURN)
 					return false;
 				if (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0)
@@ -368,6 +507,17 @@ static SSL_CTX *make_ctx(void)
 	} else if (o.cipher) {
 		failf("-c needs -V");
 	}
+	if (o.wire && v == TLS1_2_VERSION) {
+		/* TLS 1.2 full handshake: the client's Finished is followed by
+		 * the server's, so only with False Start is the client's
+		 * Finished flight its last word before application data. */
+#ifdef OPENSSL_IS_BORINGSSL
+		SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_FALSE_START);
+		SSL_CTX_set_false_start_allowed_without_alpn(ctx, 1);
+#else
+		failf("-W with TLS 1.2 needs False Start: use the BoringSSL build");
+#endif
+	}
 	if (o.ca_path) {
 		if (!SSL_CTX_load_verify_locations(ctx, o.ca_path, NULL))
 			failf("cannot load CA file %s", o.ca_path);
@@ -376,6 +526,106 @@ static SSL_CTX *make_ctx(void)
 		SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
 	}
 	return ctx;
+}
+
+static void check_negotiated(struct conn *c)
+{
+	const char *std = SSL_CIPHER_standard_name(SSL_get_current_cipher(c->ssl));
+	if (o.expect && (!std || strcmp(std, o.expect) != 0))
+		failf("negotiated %s %s, wanted %s", SSL_get_version(c->ssl), std ? std : "?", o.expect);
+}
+
+/* -W: the handshake over memory BIOs, each flight one send(). It returns
+ * with the client's last flight (its Finished) still in wbio: the commands
+ * written next join it (wire_release). */
+static void handshake_wire(struct conn *c)
+{
+	c->rbio = BIO_new(BIO_s_mem());
+	c->wbio = BIO_new(BIO_s_mem());
+	if (!c->rbio || !c->wbio)
+		failf("BIO_new");
+	SSL_set_bio(c->ssl, c->rbio, c->wbio); /* the SSL owns them now */
+	int one = 1;
+	setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+	for (;;) {
+		int r = SSL_connect(c->ssl);
+		if (r == 1)
+			break;
+		int e = SSL_get_error(c->ssl, r);
+		if (e != SSL_ERROR_WANT_READ)
+			failf("handshake: error %d", e);
+		wire_flush(c);
+		if (!wire_recv(c))
+			failf("handshake: connection closed");
+	}
+#ifdef OPENSSL_IS_BORINGSSL
+	if (SSL_version(c->ssl) == TLS1_2_VERSION && !SSL_in_false_start(c->ssl))
+		failf("TLS 1.2 without False Start: the client's Finished is not its last flight");
+#endif
+	c->hold = true;
+	c->held_writes = 0;
+}
+
+/* -W: the held bytes (the handshake's last flight, then one record per
+ * command written since) leave in one send(), or with split=N in two: the
+ * flight and N bytes of the commands' records, then the rest after a pause. */
+static void wire_release(struct conn *c)
+{
+	size_t n;
+	char *p = take_wbio(c, &n);
+	c->hold = false;
+	c->released = true;
+	/* Record boundaries: the last held_writes records are the commands. */
+	size_t offs[64];
+	unsigned count = 0;
+	for (size_t off = 0; off < n;) {
+		if (n - off < 5 || count == 64)
+			failf("wire: the held bytes are not whole TLS records");
+		size_t len = 5 + ((size_t)(unsigned char)p[off + 3] << 8 | (unsigned char)p[off + 4]);
+		if (len > n - off)
+			failf("wire: the held bytes are not whole TLS records");
+		offs[count++] = off;
+		off += len;
+	}
+	if (count <= c->held_writes)
+		failf("wire: nothing of the handshake was left to send with the commands (%u records, %u "
+		      "commands): the Finished already went out alone",
+		      count, c->held_writes);
+	size_t hs = offs[count - c->held_writes]; /* bytes of the handshake's last flight */
+	for (unsigned i = count - c->held_writes; i < count; i++)
+		if (p[offs[i]] != 23)
+			failf("wire: record %u of the commands has type %u", i, (unsigned char)p[offs[i]]);
+	size_t app = n - hs;
+	char hs_recs[256], app_recs[256];
+	describe_records((const unsigned char *)p, hs, hs_recs, sizeof hs_recs);
+	describe_records((const unsigned char *)p + hs, app, app_recs, sizeof app_recs);
+	size_t first = n;
+	if (o.wire_split >= 0) {
+		if (o.wire_split_rec >= (long)c->held_writes)
+			failf("wire: split=%ld:%ld, but there are only %u command records", o.wire_split_rec,
+			      o.wire_split, c->held_writes);
+		first = offs[count - c->held_writes + (unsigned)o.wire_split_rec] + (size_t)o.wire_split;
+		if (first <= hs || first >= n)
+			failf("wire: split=%ld:%ld is not inside the %zu bytes of the commands' records",
+			      o.wire_split_rec, o.wire_split, app);
+	}
+	char cut[256];
+	describe_records((const unsigned char *)p + hs, first - hs, cut, sizeof cut);
+	c->sends++;
+	printf("ktls_client: wire send#%u bytes=%zu = Finished flight %zu [%s] + %zu of the %zu bytes of "
+	       "the records behind it [%s]%s\n",
+	       c->sends, first, hs, hs_recs, first - hs, app, cut,
+	       first < n ? " (split: the rest follows)" : " (all in one send)");
+	send_all(c, p, first);
+	if (first < n) {
+		usleep(WIRE_SPLIT_PAUSE_MS * 1000);
+		c->sends++;
+		printf("ktls_client: wire send#%u bytes=%zu = the rest of the records behind the Finished, %d "
+		       "ms later (all of them: [%s])\n",
+		       c->sends, n - first, WIRE_SPLIT_PAUSE_MS, app_recs);
+		send_all(c, p + first, n - first);
+	}
+	free(p);
 }
 
 static void handshake(struct conn *c, SSL_CTX *ctx)
@@ -391,14 +641,16 @@ static void handshake(struct conn *c, SSL_CTX *ctx)
 		if (o.ca_path && !X509_VERIFY_PARAM_set1_host(SSL_get0_param(ssl), o.name, strlen(o.name)))
 			failf("X509_VERIFY_PARAM_set1_host");
 	}
+	c->ssl = ssl;
+	if (o.wire) {
+		handshake_wire(c);
+		return;
+	}
 	SSL_set_fd(ssl, c->fd);
 	int r = SSL_connect(ssl);
 	if (r != 1)
 		failf("handshake: error %d", SSL_get_error(ssl, r));
-	c->ssl = ssl;
-	const char *std = SSL_CIPHER_standard_name(SSL_get_current_cipher(ssl));
-	if (o.expect && (!std || strcmp(std, o.expect) != 0))
-		failf("negotiated %s %s, wanted %s", SSL_get_version(ssl), std ? std : "?", o.expect);
+	check_negotiated(c);
 }
 
 /* ---- the session ---- */
@@ -416,7 +668,34 @@ static int dial(void)
 	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
 	if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0)
 		failf("connect %s:%d: %s", o.host, o.port, strerror(errno));
+	/* mxd logs "open ... port=N": how a failed session is found there */
+	struct sockaddr_in me;
+	socklen_t me_len = sizeof me;
+	if (getsockname(fd, (struct sockaddr *)&me, &me_len) == 0)
+		printf("ktls_client: connected port=%u\n", ntohs(me.sin_port));
 	return fd;
+}
+
+/* -W: the commands that go out with the client's Finished. */
+static void first_commands(struct conn *c, size_t len)
+{
+	if (o.wire_keyupdate) {
+		if (SSL_version(c->ssl) != TLS1_3_VERSION)
+			failf("-W keyupdate needs TLS 1.3");
+		if (!SSL_key_update(c->ssl, SSL_KEY_UPDATE_NOT_REQUESTED))
+			failf("SSL_key_update");
+#ifndef OPENSSL_IS_BORINGSSL
+		/* OpenSSL only schedules it: the handshake call writes it */
+		if (SSL_do_handshake(c->ssl) != 1)
+			failf("SSL_do_handshake (KeyUpdate)");
+#endif
+		c->held_writes++;
+	}
+	put_line(c, "EHLO client.vm.test");
+	if (o.wire_pipeline) {
+		put_line(c, "MAIL FROM:<sender@example.org> SIZE=%zu", len);
+		put_line(c, "RCPT TO:<rcpt@example.com>");
+	}
 }
 
 static int run_session(void)
@@ -433,31 +712,51 @@ static int run_session(void)
 	struct conn c = {.fd = dial()};
 	char text[4096];
 
-	if (o.smtps)
+	/* -W: the first commands inside TLS are written while the client's
+	 * Finished is still held, and leave with it. */
+	bool piped = o.wire && o.wire_pipeline;
+	if (o.smtps) {
 		handshake(&c, ctx);
-	expect_code(&c, "greeting", 220, NULL, 0);
-	put_line(&c, "EHLO client.vm.test");
-	expect_code(&c, "EHLO", 250, text, sizeof text);
-	if (!o.smtps) {
+		if (o.wire) {
+			first_commands(&c, len);
+			wire_release(&c);
+		}
+		expect_code(&c, "greeting", 220, NULL, 0);
+		if (!o.wire)
+			put_line(&c, "EHLO client.vm.test");
+		expect_code(&c, "EHLO", 250, text, sizeof text);
+	} else {
+		expect_code(&c, "greeting", 220, NULL, 0);
+		put_line(&c, "EHLO client.vm.test");
+		expect_code(&c, "EHLO", 250, text, sizeof text);
 		if (!strstr(text, "STARTTLS"))
 			failf("EHLO does not offer STARTTLS: %s", text);
 		put_line(&c, "STARTTLS");
 		expect_code(&c, "STARTTLS", 220, NULL, 0);
 		handshake(&c, ctx);
-		put_line(&c, "EHLO client.vm.test");
+		if (o.wire) {
+			first_commands(&c, len);
+			wire_release(&c);
+		} else {
+			put_line(&c, "EHLO client.vm.test");
+		}
 		expect_code(&c, "EHLO after STARTTLS", 250, text, sizeof text);
 		if (strstr(text, "STARTTLS"))
 			failf("EHLO inside TLS offers STARTTLS again");
 	}
+	if (o.wire)
+		check_negotiated(&c); /* TLS 1.2 False Start: done only now */
 	if (o.key_update) {
 		if (SSL_version(c.ssl) != TLS1_3_VERSION)
 			failf("-k needs TLS 1.3");
 		if (!SSL_key_update(c.ssl, SSL_KEY_UPDATE_NOT_REQUESTED))
 			failf("SSL_key_update");
 	}
-	put_line(&c, "MAIL FROM:<sender@example.org> SIZE=%zu", len);
+	if (!piped)
+		put_line(&c, "MAIL FROM:<sender@example.org> SIZE=%zu", len);
 	expect_code(&c, "MAIL", 250, NULL, 0);
-	put_line(&c, "RCPT TO:<rcpt@example.com>");
+	if (!piped)
+		put_line(&c, "RCPT TO:<rcpt@example.com>");
 	expect_code(&c, "RCPT", 250, NULL, 0);
 	put_line(&c, "DATA");
 	expect_code(&c, "DATA", 354, NULL, 0);
@@ -473,6 +772,8 @@ static int run_session(void)
 	expect_code(&c, "QUIT", 221, NULL, 0);
 	/* close_notify: mxd must see a clean close on the kernel path too. */
 	SSL_shutdown(c.ssl);
+	if (c.rbio)
+		wire_flush(&c);
 
 	printf("ktls_client: ok %s lib=%s proto=%s cipher=%s bytes=%zu id=%s\n", o.label, LIBNAME,
 	       SSL_get_version(c.ssl), SSL_CIPHER_standard_name(SSL_get_current_cipher(c.ssl)), len,
@@ -525,8 +826,39 @@ static void usage(void)
 		"usage: ktls_client -p PORT [-H ADDR] [-m starttls|smtps] [-V 1.2|1.3] [-c CIPHER]\n"
 		"                   [-e STANDARD_NAME] [-n BYTES] [-s SEED] [-l LABEL] [-o FILE]\n"
 		"                   [-C CAFILE] [-N NAME] [-t SECONDS] [-k]\n"
+		"                   [-W coalesce|pipeline|keyupdate|split=[R:]N,...]\n"
 		"       ktls_client -S  < spooled-message > message-without-Received\n");
 	exit(2);
+}
+
+/* -W coalesce | pipeline | split=N, comma-separated. */
+static void parse_wire(const char *spec)
+{
+	char buf[128];
+	snprintf(buf, sizeof buf, "%s", spec);
+	o.wire = true;
+	for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+		char *end;
+		if (strcmp(t, "coalesce") == 0)
+			continue;
+		if (strcmp(t, "pipeline") == 0) {
+			o.wire_pipeline = true;
+		} else if (strcmp(t, "keyupdate") == 0) {
+			o.wire_keyupdate = true;
+		} else if (strncmp(t, "split=", 6) == 0 && (o.wire_split = strtol(t + 6, &end, 10)) >= 0 &&
+			   end != t + 6 && (*end == '\0' || *end == ':')) {
+			if (*end == ':') {
+				const char *n = end + 1;
+				o.wire_split_rec = o.wire_split;
+				o.wire_split = strtol(n, &end, 10);
+				if (end == n || *end != '\0' || o.wire_split < 0)
+					usage();
+			}
+		} else {
+			fprintf(stderr, "ktls_client: -W: unknown \"%s\"\n", t);
+			usage();
+		}
+	}
 }
 
 int main(int argc, char **argv)
@@ -536,7 +868,7 @@ int main(int argc, char **argv)
 	 * not as death by SIGPIPE inside SSL_write. */
 	signal(SIGPIPE, SIG_IGN);
 	int ch;
-	while ((ch = getopt(argc, argv, "p:H:m:V:c:e:n:s:l:o:C:N:t:kS")) != -1) {
+	while ((ch = getopt(argc, argv, "p:H:m:V:c:e:n:s:l:o:C:N:t:kW:S")) != -1) {
 		switch (ch) {
 		case 'p': o.port = atoi(optarg); break;
 		case 'H': o.host = optarg; break;
@@ -557,11 +889,18 @@ int main(int argc, char **argv)
 		case 'N': o.name = optarg; break;
 		case 't': o.timeout_s = atoi(optarg); break;
 		case 'k': o.key_update = true; break;
+		case 'W': parse_wire(optarg); break;
 		case 'S': return strip_first_header();
 		default: usage();
 		}
 	}
 	if (o.port <= 0 || o.port > 65535 || optind != argc)
 		usage();
+	int records = (o.wire_pipeline ? 3 : 1) + o.wire_keyupdate;
+	if (o.wire_split_rec >= records) {
+		fprintf(stderr, "ktls_client: -W split=%ld:...: there are %d command records\n", o.wire_split_rec,
+			records);
+		usage();
+	}
 	return run_session();
 }
