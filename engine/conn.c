@@ -543,7 +543,8 @@ void conn_on_recv(struct conn *c, int res, unsigned flags)
 		/* stopped on purpose: the switch to kTLS continues below */
 	} else if (res == -ENOBUFS) {
 		/* every provided buffer was in use; they are back by now */
-		if (!c->closing && !c->recv_paused && !c->recv_armed)
+		if (!c->closing && !c->recv_paused && !c->recv_armed &&
+		    c->tls_mode != CONN_TLS_KTLS_SWITCH)
 			conn_arm_recv(c);
 	} else if (res == -ECANCELED && c->recv_paused) {
 		/* paused on purpose; conn_resume_recv re-arms */

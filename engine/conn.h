@@ -67,6 +67,7 @@ struct conn {
 	bool tls_implicit;            /* smtps: TLS from the first byte */
 	bool tls_used_ktls;           /* the session reached the kernel path */
 	bool tls_close_notify_sent;
+	bool tls_key_updated;         /* a TLS 1.3 KeyUpdate went by (conn_tls.c) */
 	bool ktls_cancel_sent;        /* multishot recv cancelled for the switch */
 	bool ktls_filling;            /* a one-shot recv completes a partial record */
 	struct buf tls_in;            /* ciphertext short of a whole record */

@@ -35,6 +35,7 @@
 #define TLS_RECORD_MAX (TLS_RECORD_HEADER + 16384 + 2048)
 #define TLS_CONTENT_ALERT 21
 #define TLS_CONTENT_HANDSHAKE 22
+#define TLS_HANDSHAKE_KEY_UPDATE 24
 #define TLS_ALERT_CLOSE_NOTIFY 0
 
 static _Thread_local char plaintext[16384];
@@ -68,6 +69,22 @@ static void tls_fail(struct conn *c, const char *what)
 	conn_close_after_flush(c, "tls error"); /* an alert BoringSSL queued still goes out */
 }
 
+/* Watches for TLS 1.3 KeyUpdate messages. The traffic secrets handed to
+ * the kernel are the first ones (keylog's *_TRAFFIC_SECRET_0): once
+ * BoringSSL has moved to a later generation in either direction, the
+ * session must stay on the userspace path. */
+static void watch_key_updates(int write_p, int version, int content_type, const void *buf,
+			      size_t len, SSL *ssl, void *arg)
+{
+	(void)write_p;
+	(void)version;
+	(void)ssl;
+	struct conn *c = arg;
+	if (content_type == TLS_CONTENT_HANDSHAKE && len > 0 &&
+	    ((const unsigned char *)buf)[0] == TLS_HANDSHAKE_KEY_UPDATE)
+		c->tls_key_updated = true;
+}
+
 int conn_tls_start(struct conn *c, bool implicit)
 {
 	const struct snapshot *snap = conn_snapshot(c);
@@ -83,6 +100,10 @@ int conn_tls_start(struct conn *c, bool implicit)
 	}
 	SSL_set_bio(c->ssl, rbio, wbio);
 	SSL_set_accept_state(c->ssl);
+	if (snap->ktls) {
+		SSL_set_msg_callback(c->ssl, watch_key_updates);
+		SSL_set_msg_callback_arg(c->ssl, c);
+	}
 	buf_init(&c->tls_in, 0);
 	c->tls_implicit = implicit;
 	c->tls_mode = CONN_TLS_HANDSHAKE;
@@ -270,6 +291,10 @@ static void ktls_install_now(struct conn *c)
 {
 	struct ktls_crypto tx, rx;
 	char why[160];
+	if (c->tls_key_updated) {
+		ktls_give_up(c, "a KeyUpdate arrived with the handshake");
+		return;
+	}
 	if (ktls_derive(c->ssl, &tx, &rx, why, sizeof why) < 0) {
 		ktls_give_up(c, why);
 		return;
