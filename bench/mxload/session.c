@@ -373,10 +373,6 @@ static void start_message(struct conn *c, uint64_t t_start)
 {
 	struct worker *w = c->w;
 	const struct mxl_options *o = w->o;
-	if (c->opening) {
-		c->opening = false;
-		w->opening--;
-	}
 	c->body = pick_size(w);
 	c->msg_start = t_start;
 	c->bdat_off = 0;
@@ -410,7 +406,7 @@ static void pipeline_next(struct conn *c)
 	uint64_t t;
 	if (w->o->per_conn && c->msgs_started >= w->o->per_conn)
 		emit_quit(c);
-	else if (worker_take_message(w, &t))
+	else if (worker_take_message(w, c, &t))
 		start_message(c, t);
 	else if (!worker_more_later(w))
 		emit_quit(c);
@@ -425,7 +421,7 @@ void session_ready(struct conn *c)
 	uint64_t t;
 	if (w->o->per_conn && c->msgs_started >= w->o->per_conn)
 		emit_quit(c);
-	else if (worker_take_message(w, &t))
+	else if (worker_take_message(w, c, &t))
 		start_message(c, t);
 	else if (worker_more_later(w))
 		worker_park(w, c);

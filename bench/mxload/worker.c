@@ -93,12 +93,14 @@ static uint64_t arrivals_due(const struct worker *w)
 	return due;
 }
 
-bool worker_take_message(struct worker *w, uint64_t *t_start)
+bool worker_take_message(struct worker *w, struct conn *c, uint64_t *t_start)
 {
 	if (w->stopping)
 		return false;
 	if (!w->open_loop) {
-		if (w->o->messages) {
+		if (c->reserved) {
+			c->reserved--;
+		} else if (w->o->messages) {
 			if (w->budget == 0)
 				return false;
 			w->budget--;
@@ -147,10 +149,29 @@ static bool slot_has_work(const struct worker *w)
 		return false;
 	if (w->open_loop)
 		return w->arrivals_total == 0 || w->arrivals_taken < w->arrivals_total;
-	if (w->o->messages == 0)
-		return true;
-	/* connections already opening will take messages too */
-	return w->budget > w->opening;
+	return w->o->messages == 0 || w->budget > 0;
+}
+
+/* Closed loop with a message count: a new connection takes its messages
+ * (--per-conn of them, else one) from the budget as it connects, so that
+ * no connection is opened only to find the budget gone, and --messages M
+ * --per-conn N opens exactly ceil(M / N) connections. A connection that
+ * fails gives back what it did not use. */
+static void reserve(struct conn *c)
+{
+	struct worker *w = c->w;
+	if (w->open_loop || w->o->messages == 0)
+		return;
+	assert(w->budget > 0 && c->reserved == 0);
+	uint64_t want = w->o->per_conn ? w->o->per_conn : 1;
+	c->reserved = (unsigned)(want < w->budget ? want : w->budget);
+	w->budget -= c->reserved;
+}
+
+static void release_reservation(struct conn *c)
+{
+	c->w->budget += c->reserved;
+	c->reserved = 0;
 }
 
 /* -------------------------------------------------- a slot's life */
@@ -212,8 +233,7 @@ static void conn_start(struct conn *c)
 	c->deadline = w->now + timeout_ns(w);
 	c->connect_pending = true;
 	c->inflight++;
-	c->opening = true;
-	w->opening++;
+	reserve(c);
 	struct io_uring_sqe *sqe = worker_sqe(w);
 	io_uring_prep_connect(sqe, c->fd, (const struct sockaddr *)&o->server, o->server_len);
 	io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)c | OP_CONNECT);
@@ -230,10 +250,7 @@ static void conn_finish(struct conn *c)
 	tls_reset(c);
 	unpark(w, c);
 	w->st.msgs_failed += c->msgs_unacked;
-	if (c->opening) {
-		c->opening = false;
-		w->opening--;
-	}
+	release_reservation(c);
 	session_reset(c);
 	if (!slot_has_work(w))
 		slot_done(c);
@@ -463,7 +480,7 @@ static void tick(struct worker *w)
 static void dispatch_arrivals(struct worker *w)
 {
 	uint64_t t;
-	while (w->nidle > 0 && worker_take_message(w, &t)) {
+	while (w->nidle > 0 && worker_take_message(w, w->idle[w->nidle - 1], &t)) {
 		struct conn *c = w->idle[--w->nidle];
 		c->parked = false;
 		session_start(c, t);

@@ -75,7 +75,7 @@ struct conn {
 	enum conn_state state;
 	unsigned inflight;       /* operations the ring holds for this slot */
 	bool recv_armed, send_busy, connect_pending, cancel_sent;
-	bool opening;            /* counted in worker.opening */
+	unsigned reserved;       /* messages of the budget held for this connection */
 	bool failed;             /* this connection had an error: back off before the next */
 	uint64_t deadline;       /* a reply (or the close) is due by then */
 	uint64_t wake_at;        /* CS_SLEEP */
@@ -168,7 +168,6 @@ struct worker {
 	uint64_t next_tick;
 	uint64_t errors_total;
 	bool no_pipelining_seen; /* --pipelining on, server did not offer it */
-	unsigned opening;        /* connections not yet at their first message */
 
 	struct mxl_stats st;
 	_Atomic uint64_t pub_msgs, pub_errors;
@@ -181,10 +180,10 @@ struct io_uring_sqe *worker_sqe(struct worker *w);
 void conn_error(struct conn *c, enum mxl_err kind, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 void conn_abort(struct conn *c);
-/* Is there a message for this connection to start now? Closed loop: one
- * from the budget, now. Open loop: the longest-waiting due arrival, with
- * the time it was due. */
-bool worker_take_message(struct worker *w, uint64_t *t_start);
+/* Is there a message for this connection to start now? Closed loop: the
+ * one it reserved when it connected, else one from the budget, now. Open
+ * loop: the longest-waiting due arrival, with the time it was due. */
+bool worker_take_message(struct worker *w, struct conn *c, uint64_t *t_start);
 /* Could more messages come later (open loop: arrivals still to be due)? */
 bool worker_more_later(struct worker *w);
 void worker_park(struct worker *w, struct conn *c);
