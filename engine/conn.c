@@ -20,6 +20,10 @@
  * message is being committed) the connection stops reading until the
  * session has caught up: memory per session stays bounded. */
 #define INBUF_PAUSE_AT (256 * 1024)
+/* Past this much output the client has not taken (a client pipelining
+ * commands without reading replies), the session stops taking input until
+ * the kernel has taken some: replies are bounded like requests. */
+#define OUT_PAUSE_AT (256 * 1024)
 /* A closing connection gets this long to take its last reply. */
 #define CLOSE_LINGER_MS 10000
 /* Buffers above this are returned to the allocator after use, so an idle
@@ -348,6 +352,9 @@ void conn_on_send(struct conn *c, int res)
 		conn_flush(c);
 		if (c->tls_mode == CONN_TLS_KTLS_SWITCH)
 			conn_tls_progress(c);
+		else if (c->inbuf.len > 0) /* input held back while replies piled up */
+			conn_pump(c);
+		conn_flush(c);
 	}
 	conn_maybe_finish(c);
 }
@@ -377,6 +384,7 @@ static void conn_pause_recv(struct conn *c)
 		return;
 	conn_cancel_recv(c);
 	c->recv_paused = true;
+	c->recv_cancel_pending = true;
 }
 
 static void conn_resume_recv(struct conn *c)
@@ -431,7 +439,8 @@ static void conn_check_credentials(struct conn *c)
 
 static bool session_takes_input(const struct conn *c)
 {
-	return !c->closing && !c->in_spool && c->smtp.state != SMTP_S_WAIT_COMMIT;
+	return !c->closing && !c->in_spool && c->smtp.state != SMTP_S_WAIT_COMMIT &&
+	       c->out.len + c->sending.len < OUT_PAUSE_AT;
 }
 
 /* Run the state machine over data; returns how many bytes it took. It
@@ -517,8 +526,11 @@ void conn_input(struct conn *c, const char *data, size_t len)
 void conn_on_recv(struct conn *c, int res, unsigned flags)
 {
 	bool more = flags & IORING_CQE_F_MORE;
-	if (!more)
+	bool cancelled_by_us = res == -ECANCELED && c->recv_cancel_pending;
+	if (!more) {
 		c->recv_armed = false;
+		c->recv_cancel_pending = false;
+	}
 	if (c->ktls_filling) {
 		c->recv_armed = false;
 		conn_tls_fill_done(c, res);
@@ -546,8 +558,10 @@ void conn_on_recv(struct conn *c, int res, unsigned flags)
 		if (!c->closing && !c->recv_paused && !c->recv_armed &&
 		    c->tls_mode != CONN_TLS_KTLS_SWITCH)
 			conn_arm_recv(c);
-	} else if (res == -ECANCELED && c->recv_paused) {
-		/* paused on purpose; conn_resume_recv re-arms */
+	} else if (cancelled_by_us) {
+		/* paused on purpose; if the pause already ended, read again */
+		if (!c->recv_paused && !c->closing && c->tls_mode != CONN_TLS_KTLS_SWITCH)
+			conn_arm_recv(c);
 	} else if (!c->closing) {
 		c->close_reason = res == 0 ? "disconnect" : "receive error";
 		if (res < 0 && res != -ECONNRESET)

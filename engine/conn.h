@@ -55,6 +55,7 @@ struct conn {
 	bool admitted;                /* counted by clients_admit */
 	bool recv_armed;
 	bool recv_paused;             /* too much buffered input; re-arm later */
+	bool recv_cancel_pending;     /* the pause's cancel has not completed */
 	bool send_busy;
 	bool in_spool;                /* its message is waiting for the spool */
 	bool closing;                 /* no more input; close once flushed */

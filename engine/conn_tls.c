@@ -206,6 +206,16 @@ static size_t record_length(const unsigned char *p, size_t len)
 	return TLS_RECORD_HEADER + ((size_t)p[3] << 8 | p[4]);
 }
 
+/* Could these 5 bytes start a TLS record? (content type 20..24, version
+ * 3.x, length within the limit) Anything else — plaintext SMTP after
+ * STARTTLS, an HTTP request — must fail now, not wait for a "record" that
+ * never completes. */
+static bool plausible_record_header(const unsigned char *p)
+{
+	return p[0] >= 20 && p[0] <= 24 && p[1] == 3 &&
+	       TLS_RECORD_HEADER + ((size_t)p[3] << 8 | p[4]) <= TLS_RECORD_MAX;
+}
+
 /* Give BoringSSL every whole record at the front of tls_in. */
 static void feed_whole_records(struct conn *c)
 {
@@ -217,9 +227,8 @@ static void feed_whole_records(struct conn *c)
 			break;
 		whole += n;
 	}
-	if (whole == 0 && c->tls_in.len >= TLS_RECORD_HEADER &&
-	    record_length(p, c->tls_in.len) > TLS_RECORD_MAX)
-		whole = c->tls_in.len; /* not TLS: let BoringSSL say so */
+	if (c->tls_in.len - whole >= TLS_RECORD_HEADER && !plausible_record_header(p + whole))
+		whole = c->tls_in.len; /* not TLS: let BoringSSL say so at once */
 	if (whole == 0)
 		return;
 	BIO_write(SSL_get_rbio(c->ssl), p, (int)whole);

@@ -492,18 +492,6 @@ class LimitsAbuseTest(MxdTestCase):
         show = mxspool(d.spool, "show", qid).stdout.decode()
         self.assertIn("recipients: %d\n" % limit, show)
 
-    # BUG (mxd, engine/conn.c): replies are appended to c->out (a buf with
-    # no limit, buf_init(&c->out, 0)) while the session keeps reading
-    # input, and nothing stops the reading when the client does not take
-    # its replies: INBUF_PAUSE_AT bounds unprocessed input only. A client
-    # that pipelines "EHLO x\r\n" (8 bytes in, ~170 bytes of reply out) and
-    # never reads makes mxd's memory grow without bound: 20 MB sent gave
-    # mxd a resident size of 445 MB. Suspected fix: in session_takes_input
-    # (or conn_input), stop feeding the state machine and pause the
-    # multishot recv while c->out + c->sending exceed a bound (say 256 KB),
-    # and resume in conn_on_send once they drain. Remove expectedFailure
-    # when fixed.
-    @unittest.expectedFailure
     def test_pipelining_without_reading_replies_is_bounded(self):
         d = self.mxd(extra=["max-errors 1000000"], cores=1)
         base = proc_status(d.proc.pid, "VmRSS")

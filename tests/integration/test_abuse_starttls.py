@@ -471,17 +471,6 @@ class StarttlsAbuseTest(TlsTestCase):
         self.assert_serves(d, "garbage handshakes")
         self.stop_ok(d)
 
-    # BUG (mxd, engine/conn_tls.c feed_whole_records): plaintext after
-    # STARTTLS whose 4th and 5th bytes, read as a TLS record length, come
-    # to at most TLS_RECORD_MAX (18437) is buffered as a "partial record"
-    # and never shown to BoringSSL, so the session is held until the
-    # command timeout (5 minutes by default) instead of failing at once.
-    # "GET / HTTP/1.1" reads as a 8239-byte record, "DATA\r\n" as 16653;
-    # "EHLO x" (20256) and "MAIL FROM" (19488) happen to be refused at once.
-    # Suspected fix: check the header (content type 20..24, version major
-    # 3) before waiting for the record's body, as is done for lengths
-    # above TLS_RECORD_MAX. Remove expectedFailure when fixed.
-    @unittest.expectedFailure
     def test_plaintext_with_plausible_record_length_refused_at_once(self):
         """An HTTP request, or DATA, where the ClientHello should be: the
         handshake fails at once, not when the command timeout fires."""
