@@ -295,9 +295,12 @@ static void conn_finish(struct conn *c)
 static void conn_maybe_finish(struct conn *c)
 {
 	if (c->closing && c->greet_timer_armed) {
-		struct io_uring_sqe *sqe = core_sqe(c->core);
-		io_uring_prep_timeout_remove(sqe, op_data(c, OP_GREET), 0);
-		io_uring_sqe_set_data64(sqe, op_data(NULL, OP_CANCEL));
+		if (!c->greet_timer_cancelled) {
+			c->greet_timer_cancelled = true;
+			struct io_uring_sqe *sqe = core_sqe(c->core);
+			io_uring_prep_timeout_remove(sqe, op_data(c, OP_GREET), 0);
+			io_uring_sqe_set_data64(sqe, op_data(NULL, OP_CANCEL));
+		}
 		return; /* finished when the timer's completion comes back */
 	}
 	if (c->closing && c->shut && !c->recv_armed && !c->send_busy && !c->in_spool)

@@ -48,6 +48,7 @@ struct conn {
 	uint64_t data_started_rx;
 	bool greeting_pending;        /* greeting-delay running */
 	bool greet_timer_armed;
+	bool greet_timer_cancelled;
 	struct __kernel_timespec greet_ts;
 	uint64_t message_started_ns;  /* wall clock of end-of-data, for the record */
 	char message_id[SPOOL_ID_LEN + 1];
