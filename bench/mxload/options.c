@@ -40,12 +40,13 @@ static const char usage_text[] =
 	"  --rate R                open loop: R new messages/s on a fixed schedule; latency\n"
 	"                          counts from each message's scheduled time\n"
 	"  --from ADDR             envelope sender (default mxload@example.org)\n"
-	"  --to PATTERN            recipients; %%d is the recipient number 1..N\n"
-	"                          (default user%%d@example.com)\n"
+	"  --to PATTERN            recipients; %d is the recipient number 1..N\n"
+	"                          (default user%d@example.com)\n"
 	"  --helo NAME             EHLO name (default mxload.example.org)\n"
 	"  --timeout S             longest wait for any reply (default 60)\n"
 	"  --max-errors N          stop the run after N errors (default 1000; 0: never)\n"
-	"  --json FILE             also write the results as JSON ('-': stdout)\n"
+	"  --json FILE             also write the results as JSON (-: stdout, the table\n"
+	"                          then goes to stderr)\n"
 	"  --quiet                 no progress lines, only the report\n";
 
 static void usage(void)

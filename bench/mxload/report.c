@@ -93,13 +93,13 @@ static double rate(uint64_t n, double s)
 	return s > 0 ? (double)n / s : 0;
 }
 
-static void hist_row(const char *name, const struct hist *h)
+static void hist_row(FILE *f, const char *name, const struct hist *h)
 {
 	if (h->count == 0) {
-		printf("  %-24s %9s\n", name, "-");
+		fprintf(f, "  %-24s %9s\n", name, "-");
 		return;
 	}
-	printf("  %-24s %9" PRIu64 " %9.3f %9.3f %9.3f %9.3f %9.3f %9.3f\n", name, h->count,
+	fprintf(f, "  %-24s %9" PRIu64 " %9.3f %9.3f %9.3f %9.3f %9.3f %9.3f\n", name, h->count,
 	       (double)hist_quantile(h, 0.50) / 1e6, (double)hist_quantile(h, 0.90) / 1e6,
 	       (double)hist_quantile(h, 0.99) / 1e6, (double)hist_quantile(h, 0.999) / 1e6,
 	       (double)h->max / 1e6, (double)h->sum / (double)h->count / 1e6);
@@ -108,63 +108,65 @@ static void hist_row(const char *name, const struct hist *h)
 void report_print(const struct mxl_run *run, const struct mxl_stats *t, double wall, double run_s,
 		  double user, double sys)
 {
+	/* with --json - the JSON has stdout to itself */
+	FILE *f = run->opt->json_path && strcmp(run->opt->json_path, "-") == 0 ? stderr : stdout;
 	const struct mxl_options *o = run->opt;
 	char sizes[256], cpus[256];
 	size_text(o, sizes, sizeof sizes);
 	cpus_text(o, cpus, sizeof cpus);
-	printf("mxload %s: %u connections, ", o->server_str, o->connections);
+	fprintf(f, "mxload %s: %u connections, ", o->server_str, o->connections);
 	if (o->messages)
-		printf("%" PRIu64 " messages", o->messages);
+		fprintf(f, "%" PRIu64 " messages", o->messages);
 	else
-		printf("%.1f s", o->duration);
-	printf(", %u per connection, %u rcpt, size %s, %s, pipelining %s, tls %s%s%s, ",
+		fprintf(f, "%.1f s", o->duration);
+	fprintf(f, ", %u per connection, %u rcpt, size %s, %s, pipelining %s, tls %s%s%s, ",
 	       o->per_conn, o->rcpts, sizes, o->bdat ? "BDAT" : "DATA", o->pipelining ? "on" : "off",
 	       tls_text(o), o->auth_user ? ", auth" : "",
 	       o->proxy == 1 ? ", proxy v1" : o->proxy == 2 ? ", proxy v2" : "");
 	if (o->rate > 0)
-		printf("open loop %.0f msg/s", o->rate);
+		fprintf(f, "open loop %.0f msg/s", o->rate);
 	else
-		printf("closed loop");
-	printf(", cpus %s\n", cpus);
+		fprintf(f, "closed loop");
+	fprintf(f, ", cpus %s\n", cpus);
 
-	printf("  %-20s %.3f s to the last acknowledgement (%.3f s in all)\n", "time", wall, run_s);
-	printf("  %-20s %" PRIu64 " acknowledged, %" PRIu64 " failed: %.1f msg/s\n", "messages",
+	fprintf(f, "  %-20s %.3f s to the last acknowledgement (%.3f s in all)\n", "time", wall, run_s);
+	fprintf(f, "  %-20s %" PRIu64 " acknowledged, %" PRIu64 " failed: %.1f msg/s\n", "messages",
 	       t->msgs_ok, t->msgs_failed, rate(t->msgs_ok, wall));
 	if (o->rate > 0)
-		printf("  %-20s %" PRIu64 " scheduled at %.0f/s\n", "arrivals", t->arrivals, o->rate);
-	printf("  %-20s %.2f MB/s (%" PRIu64 " bytes of message content; MB = 10^6 bytes)\n",
+		fprintf(f, "  %-20s %" PRIu64 " scheduled at %.0f/s\n", "arrivals", t->arrivals, o->rate);
+	fprintf(f, "  %-20s %.2f MB/s (%" PRIu64 " bytes of message content; MB = 10^6 bytes)\n",
 	       "throughput", rate(t->bytes_ok, wall) / 1e6, t->bytes_ok);
-	printf("  %-20s %" PRIu64 " opened (%.1f/s), %" PRIu64 " ended with QUIT/221/close\n",
+	fprintf(f, "  %-20s %" PRIu64 " opened (%.1f/s), %" PRIu64 " ended with QUIT/221/close\n",
 	       "connections", t->conns_opened, rate(t->conns_opened, wall), t->conns_closed_clean);
 	if (o->tls != MXL_TLS_NONE)
-		printf("  %-20s %" PRIu64 " (%.1f/s), %" PRIu64 " resumed; %s %s\n", "TLS handshakes",
+		fprintf(f, "  %-20s %" PRIu64 " (%.1f/s), %" PRIu64 " resumed; %s %s\n", "TLS handshakes",
 		       t->handshakes, rate(t->handshakes, wall), t->resumed,
 		       t->tls_version[0] ? t->tls_version : "-", t->tls_cipher);
 	double cpu = user + sys;
-	printf("  %-20s user %.2f s + sys %.2f s = %.1f%% of one CPU (%u worker%s); "
+	fprintf(f, "  %-20s user %.2f s + sys %.2f s = %.1f%% of one CPU (%u worker%s); "
 	       "%.0f msg per CPU-second\n",
 	       "client CPU", user, sys, run_s > 0 ? 100.0 * cpu / run_s : 0, run->nworkers,
 	       run->nworkers == 1 ? "" : "s", cpu > 0 ? (double)t->msgs_ok / cpu : 0);
-	printf("latency (ms)                   count       p50       p90       p99     p99.9       max      mean\n");
-	hist_row("connect -> greeting", &t->h_connect);
+	fprintf(f, "latency (ms)                   count       p50       p90       p99     p99.9       max      mean\n");
+	hist_row(f, "connect -> greeting", &t->h_connect);
 	if (o->tls != MXL_TLS_NONE)
-		hist_row("TLS handshake", &t->h_handshake);
-	hist_row("end of data -> reply", &t->h_eod);
-	hist_row(o->rate > 0 ? "scheduled -> 250" : "MAIL -> 250", &t->h_msg);
-	printf("replies   ");
+		hist_row(f, "TLS handshake", &t->h_handshake);
+	hist_row(f, "end of data -> reply", &t->h_eod);
+	hist_row(f, o->rate > 0 ? "scheduled -> 250" : "MAIL -> 250", &t->h_msg);
+	fprintf(f, "replies   ");
 	for (int i = 0; i < 600; i++)
 		if (t->replies[i])
-			printf(" %d:%" PRIu64, i, t->replies[i]);
-	printf("\n");
+			fprintf(f, " %d:%" PRIu64, i, t->replies[i]);
+	fprintf(f, "\n");
 	uint64_t errs = total_errors(t);
-	printf("errors     %" PRIu64, errs);
+	fprintf(f, "errors     %" PRIu64, errs);
 	for (int k = 0; k < ERR_KINDS; k++)
 		if (t->errors[k])
-			printf("  %s:%" PRIu64, err_kind_name((enum mxl_err)k), t->errors[k]);
-	printf("\n");
+			fprintf(f, "  %s:%" PRIu64, err_kind_name((enum mxl_err)k), t->errors[k]);
+	fprintf(f, "\n");
 	for (unsigned i = 0; i < t->nexamples; i++)
-		printf("  e.g. %s\n", t->examples[i]);
-	fflush(stdout);
+		fprintf(f, "  e.g. %s\n", t->examples[i]);
+	fflush(f);
 }
 
 static void json_str(FILE *f, const char *s)

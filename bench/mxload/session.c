@@ -193,11 +193,17 @@ static void submit_plain(struct conn *c)
 		end += c->sub_iov[k].iov_len;
 	}
 	assert(k > 0);
-	memset(&c->msg, 0, sizeof c->msg);
-	c->msg.msg_iov = c->sub_iov;
-	c->msg.msg_iovlen = k;
 	struct io_uring_sqe *sqe = worker_sqe(c->w);
-	io_uring_prep_sendmsg(sqe, c->fd, &c->msg, MSG_NOSIGNAL | MSG_WAITALL);
+	if (k == 1) {
+		/* one buffer (every command without pipelining): plain send */
+		io_uring_prep_send(sqe, c->fd, c->sub_iov[0].iov_base, c->sub_iov[0].iov_len,
+				   MSG_NOSIGNAL | MSG_WAITALL);
+	} else {
+		memset(&c->msg, 0, sizeof c->msg);
+		c->msg.msg_iov = c->sub_iov;
+		c->msg.msg_iovlen = k;
+		io_uring_prep_sendmsg(sqe, c->fd, &c->msg, MSG_NOSIGNAL | MSG_WAITALL);
+	}
 	io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)c | OP_SEND);
 	c->send_busy = true;
 	c->inflight++;
