@@ -986,6 +986,7 @@ struct listen_opts {
 	struct token auth_tok;
 	struct token verify_tok;
 	struct token pki_tok;
+	struct token proxy_tok;
 	bool port_set, hostname_set;
 };
 
@@ -1076,6 +1077,16 @@ static int listen_option(struct parser *p, struct conf_listener *l, struct liste
 		lex(p);
 		return 0;
 	}
+	if (strcmp(w, "proxy-v1") == 0 || strcmp(w, "proxy-v2") == 0) {
+		if (o->proxy_tok.type != T_EOF) {
+			perr(p, &opt, "%s conflicts with %s", quote(w).s, quote(o->proxy_tok.text).s);
+			return -1;
+		}
+		o->proxy_tok = opt;
+		l->flags |= w[7] == '1' ? CONF_LISTEN_PROXY_V1 : CONF_LISTEN_PROXY_V2;
+		lex(p);
+		return 0;
+	}
 	if (strcmp(w, "hostname") == 0) {
 		if (o->hostname_set) {
 			perr(p, &opt, "duplicate option \"hostname\"");
@@ -1094,7 +1105,7 @@ static int listen_option(struct parser *p, struct conf_listener *l, struct liste
 }
 
 /* listen on ADDR [port N] [tls|tls-require|smtps] [pki NAME] [auth [<t>]]
- *           [verify] [hostname NAME]   — options in any order */
+ *           [verify] [proxy-v1|proxy-v2] [hostname NAME]   — any order */
 static int d_listen(struct parser *p, const struct token *dir)
 {
 	struct conf_listener l = {0};

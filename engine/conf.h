@@ -18,6 +18,8 @@ enum conf_listener_flag {
 	CONF_LISTEN_SMTPS = 1 << 2,       /* implicit TLS (RFC 8314) */
 	CONF_LISTEN_AUTH = 1 << 3,        /* AUTH offered inside TLS */
 	CONF_LISTEN_VERIFY = 1 << 4,      /* request a client certificate */
+	CONF_LISTEN_PROXY_V1 = 1 << 5,    /* a PROXY protocol v1 header comes first */
+	CONF_LISTEN_PROXY_V2 = 1 << 6,    /* a PROXY protocol v2 header comes first */
 };
 
 struct conf_listener {

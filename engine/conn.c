@@ -15,6 +15,7 @@
 #include "clients.h"
 #include "core.h"
 #include "log.h"
+#include "proxy.h"
 
 /* Past this much unprocessed input (a client pipelining far ahead while its
  * message is being committed) the connection stops reading until the
@@ -34,6 +35,7 @@
 
 static void conn_pump(struct conn *c);
 static void conn_early_talker(struct conn *c, size_t n);
+static void conn_proxy_input(struct conn *c, const char *data, size_t len);
 static void conn_maybe_finish(struct conn *c);
 
 static const struct conf *conn_conf(const struct conn *c)
@@ -144,24 +146,33 @@ static bool address_is_loopback(const struct sockaddr_storage *ss)
 	return false;
 }
 
-static int peer_fill(struct smtp_peer *p, int fd)
+static void peer_set_address(struct smtp_peer *p, const struct sockaddr_storage *ss,
+			     socklen_t len)
 {
-	memset(p, 0, sizeof *p);
-	p->addr_len = sizeof p->addr;
-	if (getpeername(fd, (struct sockaddr *)&p->addr, &p->addr_len) < 0)
-		return -1;
-	if (p->addr.ss_family == AF_INET) {
-		const struct sockaddr_in *in = (const struct sockaddr_in *)&p->addr;
+	p->addr = *ss;
+	p->addr_len = len;
+	if (ss->ss_family == AF_INET) {
+		const struct sockaddr_in *in = (const struct sockaddr_in *)ss;
 		inet_ntop(AF_INET, &in->sin_addr, p->addr_str, sizeof p->addr_str);
 		p->port = ntohs(in->sin_port);
-	} else if (p->addr.ss_family == AF_INET6) {
-		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&p->addr;
+	} else if (ss->ss_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
 		inet_ntop(AF_INET6, &in6->sin6_addr, p->addr_str, sizeof p->addr_str);
 		p->port = ntohs(in6->sin6_port);
 	} else {
 		snprintf(p->addr_str, sizeof p->addr_str, "unknown");
 	}
-	p->is_local = address_is_loopback(&p->addr);
+	p->is_local = address_is_loopback(ss);
+}
+
+static int peer_fill(struct smtp_peer *p, int fd)
+{
+	memset(p, 0, sizeof *p);
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof ss;
+	if (getpeername(fd, (struct sockaddr *)&ss, &len) < 0)
+		return -1;
+	peer_set_address(p, &ss, len);
 	return 0;
 }
 
@@ -542,7 +553,9 @@ void conn_on_recv(struct conn *c, int res, unsigned flags)
 		unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
 		const char *data = c->core->rx_mem + (size_t)bid * c->core->rx_size;
 		c->rx_bytes += (uint64_t)res;
-		if (c->greeting_pending)
+		if (c->proxy_pending)
+			conn_proxy_input(c, data, (size_t)res);
+		else if (c->greeting_pending)
 			conn_early_talker(c, (size_t)res);
 		else if (c->tls_mode == CONN_TLS_NONE || c->tls_mode == CONN_TLS_KTLS)
 			conn_input(c, data, (size_t)res);
@@ -630,6 +643,81 @@ static void conn_refuse(struct conn *c, enum clients_refusal why)
 	conn_close_after_flush(c, "connection limit");
 }
 
+/* The session proper starts once the client's address is known: at once,
+ * or after the PROXY header. `early` holds bytes that came behind that
+ * header. */
+static void conn_begin(struct conn *c, const char *early, size_t early_len)
+{
+	struct core *core = c->core;
+	const struct conf *conf = conn_conf(c);
+	const struct conf_listener *l = &conf->listeners[c->listener];
+	log_info("session=%s open client=%s port=%u listener=%s:%u%s%s", c->sid, c->peer.addr_str,
+		 c->peer.port, l->addr_text, l->port, c->proxy_via[0] ? " via=" : "",
+		 c->proxy_via);
+	enum clients_refusal why = clients_admit(&c->peer.addr, conf->max_connections,
+						 conf->max_connections_per_client);
+	if (why != CLIENTS_ADMITTED) {
+		conn_refuse(c, why);
+		conn_flush(c);
+		return;
+	}
+	c->admitted = true;
+	struct smtp_hooks hooks = {.ctx = c, .reject = log_reject};
+	smtp_session_init(&c->smtp, &c->view->snap->smtp[c->listener], &c->peer, c->line, hooks);
+	bool smtps = l->flags & CONF_LISTEN_SMTPS;
+	if (core->draining && smtps) {
+		conn_abort(c, "shutdown"); /* no words before a handshake */
+	} else if (core->draining) {
+		smtp_shutdown(&c->smtp, &c->out);
+		conn_close_after_flush(c, "shutdown");
+	} else if (smtps) {
+		/* implicit TLS (RFC 8314): the greeting follows the handshake */
+		if (conn_tls_start(c, true) == 0 && !c->recv_armed)
+			conn_arm_recv(c);
+		conn_set_deadline(c);
+		if (early_len > 0)
+			conn_tls_input(c, early, early_len);
+	} else if (conf->greeting_delay) {
+		conn_delay_greeting(c, conf->greeting_delay);
+		if (!c->recv_armed)
+			conn_arm_recv(c);
+		if (early_len > 0)
+			conn_early_talker(c, early_len);
+	} else {
+		smtp_greeting(&c->smtp, &c->out);
+		if (!c->recv_armed)
+			conn_arm_recv(c);
+		conn_set_deadline(c);
+		if (early_len > 0)
+			conn_input(c, early, early_len);
+	}
+	conn_flush(c);
+}
+
+/* A listener behind a load balancer: the PROXY header (v1 or v2) names
+ * the real client, used for logs, limits, policy and Received:. Nothing
+ * behind the header is taken by the parser; a bad or missing header closes
+ * the connection without a word. */
+static void conn_proxy_input(struct conn *c, const char *data, size_t len)
+{
+	size_t used = 0;
+	struct proxy_header h;
+	enum proxy_result r = proxy_parse(&c->proxy, data, len, &used, &h);
+	if (r == PROXY_NEED_MORE)
+		return;
+	if (r == PROXY_INVALID) {
+		log_info("session=%s client=%s PROXY header refused: %s", c->sid, c->peer.addr_str,
+			 proxy_reason(&c->proxy));
+		conn_abort(c, "bad proxy header");
+		return;
+	}
+	c->proxy_pending = false;
+	snprintf(c->proxy_via, sizeof c->proxy_via, "%s", c->peer.addr_str);
+	if (!h.local)
+		peer_set_address(&c->peer, &h.src, h.src_len);
+	conn_begin(c, data + used, len - used);
+}
+
 void conn_accept(struct core *core, unsigned listener, int fd)
 {
 	struct core_view *view = core->view;
@@ -658,38 +746,17 @@ void conn_accept(struct core *core, unsigned listener, int fd)
 		conn_maybe_finish(c);
 		return;
 	}
-	const struct conf_listener *l = &conf->listeners[listener];
-	log_info("session=%s open client=%s port=%u listener=%s:%u", c->sid, c->peer.addr_str,
-		 c->peer.port, l->addr_text, l->port);
-	enum clients_refusal why = clients_admit(&c->peer.addr, conf->max_connections,
-						 conf->max_connections_per_client);
-	if (why != CLIENTS_ADMITTED) {
-		conn_refuse(c, why);
-		conn_flush(c);
+	unsigned proxy = conf->listeners[listener].flags &
+			 (CONF_LISTEN_PROXY_V1 | CONF_LISTEN_PROXY_V2);
+	if (!proxy) {
+		conn_begin(c, NULL, 0);
 		return;
 	}
-	c->admitted = true;
-	struct smtp_hooks hooks = {.ctx = c, .reject = log_reject};
-	smtp_session_init(&c->smtp, &view->snap->smtp[listener], &c->peer, c->line, hooks);
-	if (core->draining && (l->flags & CONF_LISTEN_SMTPS)) {
-		conn_abort(c, "shutdown"); /* no words before a handshake */
-	} else if (core->draining) {
-		smtp_shutdown(&c->smtp, &c->out);
-		conn_close_after_flush(c, "shutdown");
-	} else if (l->flags & CONF_LISTEN_SMTPS) {
-		/* implicit TLS (RFC 8314): the greeting follows the handshake */
-		if (conn_tls_start(c, true) == 0)
-			conn_arm_recv(c);
-		conn_set_deadline(c);
-	} else if (conf->greeting_delay) {
-		conn_delay_greeting(c, conf->greeting_delay);
-		conn_arm_recv(c);
-	} else {
-		smtp_greeting(&c->smtp, &c->out);
-		conn_arm_recv(c);
-		conn_set_deadline(c);
-	}
-	conn_flush(c);
+	c->proxy_pending = true;
+	proxy_parser_init(&c->proxy, proxy & CONF_LISTEN_PROXY_V1 ? PROXY_V1 : PROXY_V2,
+			  PROXY_TLV_MAX_DEFAULT);
+	c->deadline_ms = core->now_ms + conf->timeouts.command;
+	conn_arm_recv(c);
 }
 
 /* ---- the spool's answer ---- */
@@ -724,6 +791,12 @@ void conn_tick(struct conn *c)
 	if (!c->deadline_ms || c->core->now_ms < c->deadline_ms)
 		return;
 	c->deadline_ms = 0;
+	if (c->proxy_pending && !c->closing) {
+		log_info("session=%s client=%s no PROXY header in time", c->sid, c->peer.addr_str);
+		conn_abort(c, "proxy header timeout");
+		conn_maybe_finish(c);
+		return;
+	}
 	if (c->closing) {
 		/* the client will not take its last reply: drop it */
 		log_info("session=%s close timed out, dropping", c->sid);
@@ -752,6 +825,11 @@ void conn_drain(struct conn *c, bool force)
 {
 	if (c->closing)
 		return;
+	if (c->proxy_pending) {
+		conn_abort(c, "shutdown");
+		conn_maybe_finish(c);
+		return;
+	}
 	if (!force) {
 		conn_check_drain(c);
 	} else if (!c->in_spool) {

@@ -11,6 +11,7 @@
 #include <openssl/ssl.h>
 
 #include "buf.h"
+#include "proxy.h"
 #include "smtp.h"
 #include "spool.h"
 
@@ -47,6 +48,9 @@ struct conn {
 	uint64_t data_started_ms;     /* content began (min-data-rate) */
 	uint64_t data_started_rx;
 	bool greeting_pending;        /* greeting-delay running */
+	bool proxy_pending;           /* waiting for the PROXY header */
+	struct proxy_parser proxy;
+	char proxy_via[64];           /* the load balancer's address, once known */
 	bool greet_timer_armed;
 	bool greet_timer_cancelled;
 	struct __kernel_timespec greet_ts;

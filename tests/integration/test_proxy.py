@@ -1,0 +1,148 @@
+"""PROXY protocol listeners (`listen on ... proxy-v1|proxy-v2`): the real
+client address from the header is what policy, limits, logs and Received:
+see; SMTP bytes right behind the header are not swallowed; a missing or
+malformed header closes the connection without a word.
+
+(A test against a real HAProxy with send-proxy-v2 comes with the farm test.)
+"""
+
+import socket
+import struct
+import time
+import unittest
+
+from mxharness import SLOW, MxdTestCase, free_port, split_received
+
+V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+def v1_header(src, sport, dst="127.0.0.1", dport=25):
+    return ("PROXY TCP4 %s %s %d %d\r\n" % (src, dst, sport, dport)).encode()
+
+
+def v2_header(src, sport, dst="127.0.0.1", dport=25):
+    addrs = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!HH", sport, dport)
+    return V2_SIGNATURE + bytes([0x21, 0x11]) + struct.pack("!H", len(addrs)) + addrs
+
+
+def exchange(port, data, timeout=10):
+    """Send data in one write, read until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout * SLOW) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.sendall(data)
+        out = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        return out
+
+
+class ProxyProtocolTest(MxdTestCase):
+
+    def proxy_mxd(self, extra=()):
+        p1, p2 = free_port(), free_port()
+        d = self.mxd(start=False)
+        d.write_config(
+            text="\n".join([
+                "listen on 127.0.0.1 port %d proxy-v1" % p1,
+                "listen on 127.0.0.1 port %d proxy-v2" % p2,
+                "table domains { example.com }",
+                "table relays { 192.0.2.0/24 }",
+                "accept from any for domain <domains>",
+                "accept from <relays> for any",
+                'spool "%s"' % d.spool,
+                "cores 1",
+                "hostname mx.test",
+                "timeout command 2s",
+            ] + list(extra)) + "\n",
+            ports=[p1, p2])
+        d.start(wait=False)
+        deadline = time.monotonic() + 15 * SLOW
+        for port in (p1, p2):
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    self.assertLess(time.monotonic(), deadline, d.stderr_text())
+                    time.sleep(0.05)
+        return d, p1, p2
+
+    def session(self, header, rcpt, body):
+        return header + (b"EHLO client.example\r\nMAIL FROM:<a@example.net>\r\n"
+                         b"RCPT TO:<%s>\r\nDATA\r\n" % rcpt.encode()) + body + b".\r\nQUIT\r\n"
+
+    def test_header_address_drives_policy_and_received(self):
+        d, p1, p2 = self.proxy_mxd()
+        body = b"Subject: via proxy\r\n\r\nhello\r\n"
+        sent = {}
+        for port, make, src in ((p1, v1_header, "192.0.2.7"), (p2, v2_header, "192.0.2.9")):
+            # from 192.0.2.0/24 (per the header) relaying is allowed ...
+            out = exchange(port, self.session(make(src, 40000), "x@foreign.example", body))
+            self.assertIn(b"[%s]" % src.encode(), out)          # EHLO reply names it
+            self.assertIn(b"250 2.0.0 Ok: queued as ", out, out)
+            qid = out.split(b"queued as ")[1].split(b"\r\n")[0].decode()
+            sent[qid] = src
+            # ... from elsewhere (the header says 198.51.100.1) it is not,
+            # though the TCP peer is 127.0.0.1 either way
+            out = exchange(port, self.session(make("198.51.100.1", 40001), "x@foreign.example",
+                                              body))
+            self.assertIn(b"554 5.7.1", out, out)
+        self.stop_ok(d)
+        self.assertEqual(sorted(d.spool_ids()), sorted(sent))
+        for qid, src in sent.items():
+            header, got = split_received(d.spool_cat(qid))
+            self.assertIn(("[%s]" % src).encode(), header)
+            self.assertEqual(got, body)
+        log = d.stderr_text()
+        self.assertIn("open client=192.0.2.7 port=40000", log)
+        self.assertIn("via=127.0.0.1", log)
+
+    def test_bad_or_missing_header_closes_silently(self):
+        d, p1, p2 = self.proxy_mxd()
+        for port, data in ((p1, b"EHLO x\r\n"), (p2, b"EHLO x\r\n"),
+                           (p1, v2_header("192.0.2.1", 1)),   # v2 on a v1 listener
+                           (p2, v1_header("192.0.2.1", 1)),   # and the reverse
+                           (p1, b"PROXY TCP4 192.0.2.300 127.0.0.1 1 25\r\n"),
+                           (p1, b"PROXY TCP4 192.0.2.1 127.0.0.1 70000 25\r\n")):
+            self.assertEqual(exchange(port, data), b"", data)
+        # no header at all: closed by the command timeout, still silently
+        t0 = time.monotonic()
+        with socket.create_connection(("127.0.0.1", p1), timeout=10 * SLOW) as s:
+            self.assertEqual(s.recv(100), b"")
+        self.assertLess(time.monotonic() - t0, 6 * SLOW)
+        self.stop_ok(d)
+        log = d.stderr_text()
+        self.assertIn("PROXY header refused: not a PROXY protocol header", log)
+        self.assertIn("no PROXY header in time", log)
+        self.assertEqual(d.spool_ids(), [])
+
+    def test_header_split_from_smtp_bytes(self):
+        """The header arriving byte by byte, then SMTP right behind it."""
+        d, p1, _ = self.proxy_mxd()
+        hdr = v1_header("192.0.2.50", 1234)
+        with socket.create_connection(("127.0.0.1", p1), timeout=10 * SLOW) as s:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for b in hdr[:-1]:
+                s.sendall(bytes([b]))
+                time.sleep(0.005)
+            s.sendall(hdr[-1:] + b"EHLO y\r\nQUIT\r\n")
+            out = b""
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                out += chunk
+        self.assertTrue(out.startswith(b"220 "), out)
+        self.assertIn(b"Hello y [192.0.2.50]", out)
+        self.assertTrue(out.endswith(b"221 2.0.0 Bye\r\n"), out)
+        self.stop_ok(d)
+
+
+if __name__ == "__main__":
+    unittest.main()
