@@ -1079,7 +1079,11 @@ static int listen_option(struct parser *p, struct conf_listener *l, struct liste
 	}
 	if (strcmp(w, "proxy-v1") == 0 || strcmp(w, "proxy-v2") == 0) {
 		if (o->proxy_tok.type != T_EOF) {
-			perr(p, &opt, "%s conflicts with %s", quote(w).s, quote(o->proxy_tok.text).s);
+			if (strcmp(o->proxy_tok.text, w) == 0)
+				perr(p, &opt, "duplicate option %s", quote(w).s);
+			else
+				perr(p, &opt, "%s conflicts with %s", quote(w).s,
+				     quote(o->proxy_tok.text).s);
 			return -1;
 		}
 		o->proxy_tok = opt;

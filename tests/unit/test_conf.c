@@ -547,6 +547,24 @@ static void test_ktls(void)
 	PARSE_ERR("ktls on\nktls off\n", "mxd.conf:2:1: duplicate \"ktls\" (first set on line 1)\n");
 }
 
+static void test_listen_proxy(void)
+{
+	struct conf *c = PARSE_OK("listen on 127.0.0.1 port 2525 proxy-v1\n"
+				  "listen on ::1 port 2526 proxy-v2\n");
+	CHECK(c && c->nlisteners == 2);
+	if (c && c->nlisteners == 2) {
+		CHECK(c->listeners[0].flags == CONF_LISTEN_PROXY_V1);
+		CHECK(c->listeners[1].flags == CONF_LISTEN_PROXY_V2);
+	}
+	conf_free(c);
+	PARSE_ERR("listen on 127.0.0.1 port 25 proxy-v1 proxy-v2\n",
+		  "mxd.conf:1:38: \"proxy-v2\" conflicts with \"proxy-v1\"\n");
+	PARSE_ERR("listen on 127.0.0.1 port 25 proxy-v2 proxy-v2\n",
+		  "mxd.conf:1:38: duplicate option \"proxy-v2\"\n");
+	PARSE_ERR("listen on 127.0.0.1 port 25 proxy\n",
+		  "mxd.conf:1:29: unknown listen option \"proxy\"\n");
+}
+
 static void test_abuse_settings(void)
 {
 	struct conf *c = PARSE_OK("\n");
@@ -775,6 +793,7 @@ int main(void)
 	test_limits();
 	test_ktls();
 	test_abuse_settings();
+	test_listen_proxy();
 	test_lexer();
 	test_sizes();
 	test_load();
