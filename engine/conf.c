@@ -71,6 +71,7 @@ enum {
 	SEEN_TIMEOUT_DATA_BLOCK,
 	SEEN_TIMEOUT_DATA_TERM,
 	SEEN_TIMEOUT_DRAIN,
+	SEEN_METRICS,
 	SEEN_COUNT,
 };
 
@@ -1183,6 +1184,66 @@ static int d_listen(struct parser *p, const struct token *dir)
 	return 0;
 }
 
+/* metrics listen on ADDR port N */
+static int d_metrics(struct parser *p, const struct token *dir)
+{
+	if (once(p, SEEN_METRICS, dir) < 0)
+		return -1;
+	struct conf_listener l = {0};
+	l.line = dir->line;
+	l.col = dir->col;
+	if (!is_kw(p, "listen")) {
+		perr(p, &p->tok, "expected \"listen\"");
+		return -1;
+	}
+	lex(p);
+	if (!is_kw(p, "on")) {
+		perr(p, &p->tok, "expected \"on\"");
+		return -1;
+	}
+	lex(p);
+	if (!is_value(p)) {
+		perr(p, &p->tok, "expected an address");
+		return -1;
+	}
+	if (!parse_listen_addr(p->tok.text, &l.addr, &l.addr_len)) {
+		perr(p, &p->tok, "invalid metrics address %s (an IPv4 or IPv6 literal)",
+		     quote(p->tok.text).s);
+		return -1;
+	}
+	struct token addr_tok = p->tok;
+	lex(p);
+	if (!is_kw(p, "port")) {
+		perr(p, &p->tok, "expected \"port\"");
+		return -1;
+	}
+	lex(p);
+	uint64_t v;
+	if (p->tok.type != T_WORD || !parse_decimal(p->tok.text, &v)) {
+		perr(p, &p->tok, "expected a port number");
+		return -1;
+	}
+	if (v == 0 || v > 65535) {
+		perr(p, &p->tok, "port out of range");
+		return -1;
+	}
+	l.port = (uint16_t)v;
+	set_port(&l);
+	for (size_t i = 0; i < p->c->nlisteners; i++)
+		if (same_endpoint(&p->c->listeners[i], &l)) {
+			perr(p, &addr_tok, "metrics on %s port %u clashes with the listener on line %d",
+			     quote(addr_tok.text).s, l.port, p->c->listeners[i].line);
+			return -1;
+		}
+	l.addr_text = pstrdup(p, addr_tok.text);
+	if (!l.addr_text)
+		return -1;
+	lex(p);
+	listener_free(&p->c->metrics);
+	p->c->metrics = l;
+	return 0;
+}
+
 /* The table that "for domain NAME" stands for: one per literal, shared by
  * the rules that name it. Its name cannot clash with a user's table, as
  * ':' is not allowed in table names. */
@@ -1606,6 +1667,7 @@ static const struct directive {
 	{"ktls", d_ktls},
 	{"greeting-delay", d_greeting_delay},
 	{"min-data-rate", d_min_data_rate},
+	{"metrics", d_metrics},
 };
 
 static int statement(struct parser *p)
@@ -1751,6 +1813,7 @@ void conf_free(struct conf *c)
 	for (size_t i = 0; i < c->nlisteners; i++)
 		listener_free(&c->listeners[i]);
 	free(c->listeners);
+	listener_free(&c->metrics);
 	for (size_t i = 0; i < c->npkis; i++) {
 		free(c->pkis[i].name);
 		free(c->pkis[i].cert);

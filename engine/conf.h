@@ -117,6 +117,10 @@ struct conf {
 	uint32_t cores;                   /* 0 = auto */
 	uint64_t segment_size;            /* "segment-size", default 256M */
 	enum conf_ktls ktls;              /* default auto */
+	/* "metrics listen on ADDR port N": Prometheus text format over HTTP
+	 * (addr_text NULL when not configured). Only addr_text, addr,
+	 * addr_len, port, line and col are used. */
+	struct conf_listener metrics;
 };
 
 /* Parse text (name is used in error messages). Table files and relative

@@ -100,6 +100,7 @@ static void conn_link(struct core *core, struct conn *c)
 		core->conns->prev = c;
 	core->conns = c;
 	core->nconns++;
+	METRICS_SET(core->metrics.connections_open, core->nconns);
 }
 
 static void conn_unlink(struct core *core, struct conn *c)
@@ -111,6 +112,7 @@ static void conn_unlink(struct core *core, struct conn *c)
 	if (c->next)
 		c->next->prev = c->prev;
 	core->nconns--;
+	METRICS_SET(core->metrics.connections_open, core->nconns);
 }
 
 /* ---- config views ---- */
@@ -183,6 +185,7 @@ static void log_reject(void *ctx, const char *command, const char *reply)
 	struct conn *c = ctx;
 	log_info("session=%s reject client=%s command=%s reply=\"%s\"", c->sid, c->peer.addr_str,
 		 command ? command : "-", reply);
+	metrics_count_reject(&c->core->metrics, reply);
 }
 
 static void log_accepted(struct conn *c)
@@ -293,6 +296,7 @@ static void conn_finish(struct conn *c)
 		 conn_tls_path(c), c->peer.tls ? " tls=" : "", c->peer.tls ? c->peer.tls_version : "",
 		 c->peer.tls ? " cipher=" : "", c->peer.tls ? c->peer.tls_cipher : "");
 	core->sessions_by_path[c->tls_used_ktls ? 2 : c->peer.tls ? 1 : 0]++;
+	METRICS_INC(core->metrics.sessions_closed[c->tls_used_ktls ? 2 : c->peer.tls ? 1 : 0]);
 	conn_tls_free(c);
 	if (c->admitted) {
 		clients_release(&c->peer.addr);
@@ -337,6 +341,7 @@ void conn_flush(struct conn *c)
 	if (c->sending.len == 0 && c->tls_mode != CONN_TLS_NONE && c->tls_mode != CONN_TLS_KTLS) {
 		conn_tls_fill_wire(c);
 	} else if (c->sending.len == 0 && c->out.len > 0) {
+		metrics_count_replies(&c->core->metrics, c->out.data, c->out.len);
 		struct buf t = c->sending;
 		c->sending = c->out;
 		c->out = t;
@@ -602,6 +607,7 @@ static void conn_early_talker(struct conn *c, size_t n)
 	log_info("session=%s reject client=%s command=CONNECT reply=\"554 5.5.1 early talker: %zu bytes "
 		 "before the greeting\"",
 		 c->sid, c->peer.addr_str, n);
+	METRICS_INC(c->core->metrics.refused[METRICS_REFUSED_EARLY_TALKER]);
 	conn_close_after_flush(c, "early talker");
 }
 
@@ -640,6 +646,7 @@ static void conn_refuse(struct conn *c, enum clients_refusal why)
 		buf_printf(&c->out, "421 4.7.0 %s Error: too many connections\r\n", host);
 	log_info("session=%s reject client=%s command=CONNECT reply=\"%.*s\"", c->sid,
 		 c->peer.addr_str, (int)(c->out.len - 2), c->out.data);
+	METRICS_INC(c->core->metrics.refused[METRICS_REFUSED_CONN_LIMIT]);
 	conn_close_after_flush(c, "connection limit");
 }
 
@@ -708,6 +715,7 @@ static void conn_proxy_input(struct conn *c, const char *data, size_t len)
 	if (r == PROXY_INVALID) {
 		log_info("session=%s client=%s PROXY header refused: %s", c->sid, c->peer.addr_str,
 			 proxy_reason(&c->proxy));
+		METRICS_INC(c->core->metrics.refused[METRICS_REFUSED_BAD_PROXY]);
 		conn_abort(c, "bad proxy header");
 		return;
 	}
@@ -740,6 +748,7 @@ void conn_accept(struct core *core, unsigned listener, int fd)
 	buf_init(&c->sending, 0);
 	buf_init(&c->inbuf, 0);
 	conn_link(core, c);
+	METRICS_INC(core->metrics.connections);
 	if (peer_fill(&c->peer, fd) < 0) {
 		c->close_reason = "peer vanished";
 		conn_abort(c, "peer vanished");
@@ -765,8 +774,11 @@ void conn_spool_done(struct conn *c, bool ok, bool no_space)
 {
 	assert(c->in_spool);
 	c->in_spool = false;
-	if (ok)
+	if (ok) {
 		log_accepted(c);
+		METRICS_INC(c->core->metrics.messages);
+		METRICS_ADD(c->core->metrics.message_bytes, c->smtp.body.len);
+	}
 	else
 		log_warn("session=%s message not queued: %s", c->sid,
 			 no_space ? "spool full" : "spool write failed");

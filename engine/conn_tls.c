@@ -165,6 +165,7 @@ static void decrypt_records(struct conn *c)
 static void handshake_done(struct conn *c)
 {
 	record_peer_facts(c);
+	METRICS_INC(c->core->metrics.tls_ok[metrics_tls_version(c->peer.tls_version)]);
 	/* BoringSSL queues TLS 1.3 NewSessionTickets with the handshake; a
 	 * zero-length write makes sure they are in the BIO before the write
 	 * sequence number is read for the kernel. */
@@ -188,8 +189,10 @@ static void advance(struct conn *c)
 		int rc = SSL_do_handshake(c->ssl);
 		if (rc != 1) {
 			int err = SSL_get_error(c->ssl, rc);
-			if (err != SSL_ERROR_WANT_READ && err != SSL_ERROR_WANT_WRITE)
+			if (err != SSL_ERROR_WANT_READ && err != SSL_ERROR_WANT_WRITE) {
+				METRICS_INC(c->core->metrics.tls_failed);
 				tls_fail(c, "handshake");
+			}
 			return;
 		}
 		handshake_done(c);
@@ -253,6 +256,7 @@ void conn_tls_fill_wire(struct conn *c)
 	assert(c->sending.len == 0 && !c->send_busy);
 	if (c->tls_mode == CONN_TLS_USERSPACE) {
 		if (c->out.len > 0) {
+			metrics_count_replies(&c->core->metrics, c->out.data, c->out.len);
 			if (SSL_write(c->ssl, c->out.data, (int)c->out.len) != (int)c->out.len) {
 				tls_fail(c, "write");
 				buf_reset(&c->out);

@@ -29,6 +29,13 @@
 
 struct daemon g_daemon;
 
+static uint64_t monotonic_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 static uint64_t monotonic_ms(void)
 {
 	struct timespec ts;
@@ -343,14 +350,20 @@ static void pin_to_cpu(struct core *core)
 
 static void run_loop(struct core *core)
 {
+	uint64_t busy_from = monotonic_ns();
 	while (!core->stopped) {
+		/* utilisation: time outside the wait counts as busy (one clock
+		 * read on each side of the wait per loop turn) */
+		uint64_t wait_from = monotonic_ns();
+		METRICS_ADD(core->metrics.busy_ns, wait_from - busy_from);
 		int rc = io_uring_submit_and_wait(&core->ring, 1);
 		if (rc < 0 && rc != -EINTR && rc != -ETIME && rc != -EBUSY) {
 			log_error("io_uring_submit_and_wait: %s", strerror(-rc));
 			core->exit_status = 1;
 			break;
 		}
-		core->now_ms = monotonic_ms();
+		busy_from = monotonic_ns();
+		core->now_ms = busy_from / 1000000u;
 		unsigned head, seen = 0;
 		struct io_uring_cqe *cqe;
 		io_uring_for_each_cqe(&core->ring, head, cqe)

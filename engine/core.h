@@ -13,6 +13,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "metrics.h"
 #include "snapshot.h"
 #include "spool_writer.h"
 
@@ -86,6 +87,7 @@ struct core {
 	struct spool_writer spool;
 
 	uint64_t sessions_by_path[3]; /* closed sessions: plaintext, userspace TLS, kTLS */
+	struct core_metrics metrics;  /* written by this core only, read by the scraper */
 
 	uint64_t now_ms;              /* monotonic, read once per loop turn */
 	bool draining;

@@ -17,6 +17,7 @@
 #include "core.h"
 #include "ktls.h"
 #include "log.h"
+#include "metrics.h"
 #include "spool.h"
 
 #define MAX_CORES 256
@@ -351,6 +352,10 @@ int main(int argc, char **argv)
 				 next_seq[i]) < 0)
 			return 1;
 	}
+	/* before the cores run, so a metrics port in use stops start-up
+	 * with nothing accepted yet */
+	if (c->metrics.addr_text && metrics_server_start(&c->metrics, g_daemon.cores, ncores) < 0)
+		return 1;
 	for (unsigned i = 0; i < ncores; i++)
 		if (core_start(&g_daemon.cores[i]) < 0)
 			return 1;
@@ -361,6 +366,7 @@ int main(int argc, char **argv)
 	log_tls_path(snap);
 
 	int status = signal_loop(&snap);
+	metrics_server_stop();
 	log_info("mxd stopped");
 	snapshot_release(snap);
 	free(fds);

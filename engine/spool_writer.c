@@ -266,6 +266,9 @@ void spool_writer_flush(struct spool_writer *w)
 		w->written_bytes = 0;
 		w->in_flight = true;
 		w->batches++;
+		struct timespec ts;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		w->batch_submitted_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 	}
 	fail_now(refused, nrefused);
 }
@@ -319,8 +322,15 @@ void spool_writer_complete(struct spool_writer *w, bool is_fsync, int res)
 	if (!ok)
 		discard_failed_batch(w);
 	w->in_flight = false;
-	if (ok)
+	if (ok) {
 		w->committed_messages += b->n;
+		struct timespec ts;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		uint64_t now_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+		struct core_metrics *m = &w->core->metrics;
+		metrics_commit_latency(m, (now_ns - w->batch_submitted_ns) / 1000u);
+		metrics_batch_size(m, b->n);
+	}
 	uint32_t n = b->n;
 	b->n = 0;
 	for (uint32_t i = 0; i < n; i++)

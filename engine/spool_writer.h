@@ -49,6 +49,7 @@ struct spool_writer {
 	uint64_t written_bytes;
 	uint64_t committed_messages;
 	uint64_t batches;
+	uint64_t batch_submitted_ns;  /* CLOCK_MONOTONIC, for the commit latency */
 };
 
 int spool_writer_open(struct spool_writer *w, struct core *core, const char *spool_dir,

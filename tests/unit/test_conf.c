@@ -565,6 +565,43 @@ static void test_listen_proxy(void)
 		  "mxd.conf:1:29: unknown listen option \"proxy\"\n");
 }
 
+static void test_metrics(void)
+{
+	struct conf *c = PARSE_OK("\n");
+	CHECK(c && c->metrics.addr_text == NULL);
+	conf_free(c);
+	c = PARSE_OK("listen on 127.0.0.1 port 25\nmetrics listen on 127.0.0.1 port 9125\n");
+	CHECK(c && c->metrics.addr_text && strcmp(c->metrics.addr_text, "127.0.0.1") == 0);
+	if (c) {
+		CHECK(c->metrics.port == 9125 && sa_port(&c->metrics) == 9125);
+		CHECK(c->metrics.addr.ss_family == AF_INET && c->metrics.line == 2);
+	}
+	conf_free(c);
+	c = PARSE_OK("metrics listen on ::1 port 9125\n");
+	CHECK(c && c->metrics.addr.ss_family == AF_INET6 && sa_port(&c->metrics) == 9125);
+	conf_free(c);
+	c = PARSE_OK("metrics listen on [::] port 1\n");
+	CHECK(c && c->metrics.addr.ss_family == AF_INET6 && c->metrics.port == 1);
+	conf_free(c);
+
+	PARSE_ERR("metrics\n", "mxd.conf:1:8: expected \"listen\"\n");
+	PARSE_ERR("metrics on 127.0.0.1 port 9\n", "mxd.conf:1:9: expected \"listen\"\n");
+	PARSE_ERR("metrics listen 127.0.0.1 port 9\n", "mxd.conf:1:16: expected \"on\"\n");
+	PARSE_ERR("metrics listen on\n", "mxd.conf:1:18: expected an address\n");
+	PARSE_ERR("metrics listen on example.org port 9\n",
+		  "mxd.conf:1:19: invalid metrics address \"example.org\" (an IPv4 or IPv6 literal)\n");
+	PARSE_ERR("metrics listen on 127.0.0.1\n", "mxd.conf:1:28: expected \"port\"\n");
+	PARSE_ERR("metrics listen on 127.0.0.1 port\n", "mxd.conf:1:33: expected a port number\n");
+	PARSE_ERR("metrics listen on 127.0.0.1 port x\n", "mxd.conf:1:34: expected a port number\n");
+	PARSE_ERR("metrics listen on 127.0.0.1 port 0\n", "mxd.conf:1:34: port out of range\n");
+	PARSE_ERR("metrics listen on 127.0.0.1 port 65536\n", "mxd.conf:1:34: port out of range\n");
+	PARSE_ERR("metrics listen on 127.0.0.1 port 9 tls\n", "mxd.conf:1:36: unexpected \"tls\"\n");
+	PARSE_ERR("metrics listen on 127.0.0.1 port 9\nmetrics listen on ::1 port 9\n",
+		  "mxd.conf:2:1: duplicate \"metrics\" (first set on line 1)\n");
+	PARSE_ERR("listen on 127.0.0.1 port 25\nmetrics listen on 127.0.0.1 port 25\n",
+		  "mxd.conf:2:19: metrics on \"127.0.0.1\" port 25 clashes with the listener on line 1\n");
+}
+
 static void test_abuse_settings(void)
 {
 	struct conf *c = PARSE_OK("\n");
@@ -794,6 +831,7 @@ int main(void)
 	test_ktls();
 	test_abuse_settings();
 	test_listen_proxy();
+	test_metrics();
 	test_lexer();
 	test_sizes();
 	test_load();

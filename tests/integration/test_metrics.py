@@ -1,0 +1,221 @@
+"""The Prometheus metrics page: `metrics listen on ADDR port N`.
+
+Scraped with curl before and after known traffic; every counter must rise by
+exactly what was sent, histograms must be cumulative with +Inf == _count,
+every family must carry # HELP and # TYPE, other paths get 404. When
+Debian's prometheus package is installed, `promtool check metrics` must also
+accept the page (skipped with a note otherwise)."""
+
+import re
+import shutil
+import smtplib
+import socket
+import subprocess
+import time
+import unittest
+
+from mxharness import SLOW, MxdTestCase, RawSmtp, free_port
+
+CURL = shutil.which("curl")
+PROMTOOL = shutil.which("promtool")
+
+SAMPLE_RE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$')
+
+
+def curl(port, path="/metrics"):
+    r = subprocess.run([CURL, "-s", "-w", "\n%{http_code}", "http://127.0.0.1:%d%s" % (port, path)],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30 * SLOW)
+    out = r.stdout.decode()
+    body, _, code = out.rpartition("\n")
+    return int(code), body
+
+
+def parse(text):
+    """{(name, labels): value}, and the families with HELP and TYPE."""
+    samples, helps, types = {}, {}, {}
+    for line in text.splitlines():
+        if line.startswith("# HELP "):
+            name, _, h = line[7:].partition(" ")
+            helps[name] = h
+            continue
+        if line.startswith("# TYPE "):
+            name, _, t = line[7:].partition(" ")
+            types[name] = t
+            continue
+        m = SAMPLE_RE.match(line)
+        assert m, "malformed sample line %r" % line
+        samples[(m.group(1), m.group(2) or "")] = float(m.group(3))
+    return samples, helps, types
+
+
+def family_of(name, types):
+    if name in types:
+        return name
+    for suffix in ("_bucket", "_sum", "_count"):
+        if name.endswith(suffix) and types.get(name[:-len(suffix)]) == "histogram":
+            return name[:-len(suffix)]
+    return None
+
+
+@unittest.skipUnless(CURL, "curl not installed")
+class MetricsTest(MxdTestCase):
+
+    def start(self):
+        self.mport = free_port()
+        return self.mxd(accept_local=False, extra=[
+            "max-connections-per-client 1",
+            "metrics listen on 127.0.0.1 port %d" % self.mport])
+
+    def scrape(self):
+        code, body = curl(self.mport)
+        self.assertEqual(code, 200, body)
+        return body
+
+    def settled(self):
+        """A scrape once every connection is closed (sessions end
+        asynchronously after the client goes)."""
+        deadline = time.monotonic() + 10 * SLOW
+        while True:
+            body = self.scrape()
+            s, _, _ = parse(body)
+            if s[("mxd_connections_open", "")] == 0 or time.monotonic() > deadline:
+                return body
+            time.sleep(0.05)
+
+    def check_format(self, body):
+        samples, helps, types = parse(body)
+        for (name, labels) in samples:
+            fam = family_of(name, types)
+            self.assertIsNotNone(fam, "no # TYPE for %s" % name)
+            self.assertIn(fam, helps, "no # HELP for %s" % fam)
+            self.assertTrue(helps[fam].strip(), fam)
+            if types[fam] == "counter":
+                self.assertTrue(fam.endswith("_total"), fam)
+        for fam, t in types.items():
+            if t != "histogram":
+                continue
+            buckets = [(lab, v) for (n, lab), v in samples.items() if n == fam + "_bucket"]
+            self.assertTrue(buckets, fam)
+            # in page order: cumulative, ending with +Inf == _count
+            les = re.findall(r'^%s_bucket\{le="([^"]+)"\} (\S+)$' % re.escape(fam), body, re.M)
+            self.assertEqual(les[-1][0], "+Inf")
+            bounds = [float(le) for le, _ in les[:-1]]
+            self.assertEqual(bounds, sorted(bounds))
+            values = [float(v) for _, v in les]
+            self.assertEqual(values, sorted(values), "%s buckets not cumulative" % fam)
+            self.assertEqual(values[-1], samples[(fam + "_count", "")])
+        return samples
+
+    def test_counters_follow_traffic(self):
+        d = self.start()
+        before = self.check_format(self.settled())
+
+        # N messages on one connection
+        n = 5
+        bodies = [b"Subject: m%d\r\n\r\n" % i + b"x" * (100 * i) + b"\r\n" for i in range(n)]
+        with smtplib.SMTP("127.0.0.1", d.port, timeout=20 * SLOW) as s:
+            for b in bodies:
+                s.sendmail("a@example.org", ["b@example.com"], b)
+        # a relay-denied RCPT, and a second connection from the same address
+        # refused while this one is open (max-connections-per-client 1)
+        with RawSmtp(d.port) as c:
+            self.assertEqual(c.connect_greeting().code, 220)
+            c.ehlo()
+            self.assertEqual(c.cmd("MAIL FROM:<a@example.org>").code, 250)
+            self.assertEnhanced(c.cmd("RCPT TO:<x@elsewhere.example>"), 554, "5.7.1")
+            with RawSmtp(d.port) as r:
+                self.assertEqual(r.connect_greeting().code, 421)
+                self.assertTrue(r.closed_by_peer())
+            self.assertEqual(c.cmd("QUIT").code, 221)
+            self.assertTrue(c.closed_by_peer())
+
+        after = self.check_format(self.settled())
+
+        def delta(name, labels=""):
+            return after[(name, labels)] - before[(name, labels)]
+
+        self.assertEqual(delta("mxd_connections_total"), 3)
+        self.assertEqual(after[("mxd_connections_open", "")], 0)
+        self.assertEqual(delta("mxd_connections_refused_total", '{reason="connection_limit"}'), 1)
+        self.assertEqual(delta("mxd_connections_refused_total", '{reason="early_talker"}'), 0)
+        self.assertEqual(delta("mxd_connections_refused_total", '{reason="bad_proxy_header"}'), 0)
+        self.assertEqual(delta("mxd_sessions_closed_total", '{tls_path="none"}'), 3)
+        self.assertEqual(delta("mxd_sessions_closed_total", '{tls_path="userspace"}'), 0)
+        self.assertEqual(delta("mxd_sessions_closed_total", '{tls_path="ktls"}'), 0)
+        self.assertEqual(delta("mxd_messages_accepted_total"), n)
+        self.assertEqual(delta("mxd_message_bytes_accepted_total"), sum(len(b) for b in bodies))
+        self.assertEqual(delta("mxd_rejects_total", '{reason="relay_denied"}'), 1)
+        for reason in ("unknown_user", "size", "smuggling", "timeout", "other"):
+            self.assertEqual(delta("mxd_rejects_total", '{reason="%s"}' % reason), 0, reason)
+        # smtplib: 220, EHLO, n × (MAIL, RCPT, 250 after data), QUIT;
+        # raw: 220, EHLO, MAIL, QUIT; the refused connection: one 421
+        self.assertEqual(delta("mxd_replies_total", '{class="2xx"}'), 3 + 3 * n + 4)
+        self.assertEqual(delta("mxd_replies_total", '{class="3xx"}'), n)
+        self.assertEqual(delta("mxd_replies_total", '{class="4xx"}'), 1)
+        self.assertEqual(delta("mxd_replies_total", '{class="5xx"}'), 1)
+        # one message at a time: n batches of one
+        self.assertEqual(delta("mxd_spool_batch_size_count"), n)
+        self.assertEqual(delta("mxd_spool_batch_size_sum"), n)
+        self.assertEqual(delta("mxd_spool_batch_size_bucket", '{le="1"}'), n)
+        self.assertEqual(delta("mxd_spool_commit_latency_seconds_count"), n)
+        self.assertGreater(delta("mxd_spool_commit_latency_seconds_sum"), 0)
+        busy = [k for k in after if k[0] == "mxd_core_busy_seconds_total"]
+        self.assertEqual(len(busy), 2)  # cores 2
+        for k in busy:
+            self.assertGreaterEqual(after[k], before[k])
+        self.assertGreater(sum(after[k] for k in busy), 0)
+
+        if PROMTOOL:
+            with open(self.tmp + "/scrape.txt", "w") as f:
+                f.write(self.scrape())
+            with open(self.tmp + "/scrape.txt") as f:
+                r = subprocess.run([PROMTOOL, "check", "metrics"], stdin=f,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   timeout=60)
+            self.assertEqual(r.returncode, 0, r.stdout.decode())
+        else:
+            print("note: promtool not installed, `promtool check metrics` skipped")
+        self.stop_ok(d)
+
+    def test_http_details(self):
+        self.start()
+        r = subprocess.run([CURL, "-s", "-i", "http://127.0.0.1:%d/metrics" % self.mport],
+                           stdout=subprocess.PIPE, timeout=30 * SLOW)
+        head, _, body = r.stdout.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        self.assertEqual(lines[0], b"HTTP/1.1 200 OK")
+        self.assertIn(b"Content-Type: text/plain; version=0.0.4", lines)
+        self.assertIn(b"Content-Length: %d" % len(body), lines)
+        self.assertIn(b"Connection: close", lines)
+        for path in ("/", "/metricsx", "/metrics/x", "/other"):
+            self.assertEqual(curl(self.mport, path)[0], 404, path)
+        r = subprocess.run([CURL, "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST",
+                            "http://127.0.0.1:%d/metrics" % self.mport],
+                           stdout=subprocess.PIPE, timeout=30 * SLOW)
+        self.assertEqual(r.stdout, b"404")
+        # an HTTP/1.0 request over a raw socket: the whole answer, then close
+        idle = socket.create_connection(("127.0.0.1", self.mport))
+        idle.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+        data = b""
+        while True:
+            chunk = idle.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        idle.close()
+        self.assertTrue(data.startswith(b"HTTP/1.1 200 OK\r\n"), data[:100])
+
+    def test_ipv6_listener(self):
+        from mxharness import ipv6_loopback_available
+        if not ipv6_loopback_available():
+            self.skipTest("no IPv6 loopback")
+        port = free_port()
+        d = self.mxd(extra=["metrics listen on ::1 port %d" % port])
+        r = subprocess.run([CURL, "-s", "-g", "http://[::1]:%d/metrics" % port],
+                           stdout=subprocess.PIPE, timeout=30 * SLOW)
+        self.assertIn(b"# TYPE mxd_connections_total counter", r.stdout)
+        self.stop_ok(d)
+
+
+if __name__ == "__main__":
+    unittest.main()
