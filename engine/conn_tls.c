@@ -110,6 +110,7 @@ int conn_tls_start(struct conn *c, bool implicit)
 	/* The 220 for STARTTLS (and any reply before it) is still plaintext:
 	 * it leads the wire, ahead of everything BoringSSL will write. */
 	if (c->out.len > 0) {
+		metrics_count_replies(&c->core->metrics, c->out.data, c->out.len);
 		BIO_write(wbio, c->out.data, (int)c->out.len);
 		buf_reset(&c->out);
 	}

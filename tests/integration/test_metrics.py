@@ -10,11 +10,14 @@ import re
 import shutil
 import smtplib
 import socket
+import ssl
 import subprocess
 import time
 import unittest
 
 from mxharness import SLOW, MxdTestCase, RawSmtp, free_port
+from tlsharness import (MAIL_NAME, OPENSSL, TlsRawSmtp, TlsTestCase, client_context,
+                        expected_tls_path)
 
 CURL = shutil.which("curl")
 PROMTOOL = shutil.which("promtool")
@@ -215,6 +218,73 @@ class MetricsTest(MxdTestCase):
                            stdout=subprocess.PIPE, timeout=30 * SLOW)
         self.assertIn(b"# TYPE mxd_connections_total counter", r.stdout)
         self.stop_ok(d)
+
+
+
+@unittest.skipUnless(CURL and OPENSSL, "curl or openssl not installed")
+class MetricsTlsTest(TlsTestCase):
+    """TLS handshakes by version, failures, and sessions by TLS path, on the
+    userspace path (ktls off) and on what `ktls auto` picks here."""
+
+    def run_tls(self, extra, path):
+        mport = free_port()
+        p = self.pki(MAIL_NAME, self.certs.server(MAIL_NAME))
+        d = self.tls_mxd(["tls pki %s" % MAIL_NAME], [p],
+                         extra=list(extra) + ["metrics listen on 127.0.0.1 port %d" % mport])
+
+        def scrape():
+            deadline = time.monotonic() + 10 * SLOW
+            while True:
+                code, body = curl(mport)
+                self.assertEqual(code, 200, body)
+                s, _, _ = parse(body)
+                if s[("mxd_connections_open", "")] == 0 or time.monotonic() > deadline:
+                    return s
+
+        before = scrape()
+        for maximum in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
+            with TlsRawSmtp(d.port) as c:
+                c.connect_greeting()
+                c.ehlo()
+                ctx = client_context(self.certs.ca(), maximum=maximum)
+                self.assertEqual(c.starttls(ctx).code, 220)
+                c.ehlo()
+                r, _ = c.send_message("a@example.org", ["b@example.com"],
+                                      b"Subject: tls\r\n\r\nover tls\r\n")
+                self.assertEqual(r.code, 250, r)
+                self.assertEqual(c.cmd("QUIT").code, 221)
+                c.closed_by_peer()
+        # a handshake that fails: garbage after the 220 to STARTTLS
+        with TlsRawSmtp(d.port) as c:
+            c.connect_greeting()
+            c.ehlo()
+            self.assertEqual(c.cmd("STARTTLS").code, 220)
+            c.send(b"\x16\x03\x01\x00\x05hello" + b"\x00" * 64)
+            self.assertTrue(c.closed_by_peer())
+        after = scrape()
+
+        def delta(name, labels=""):
+            return after[(name, labels)] - before[(name, labels)]
+
+        self.assertEqual(delta("mxd_tls_handshakes_total", '{version="TLSv1.3"}'), 1)
+        self.assertEqual(delta("mxd_tls_handshakes_total", '{version="TLSv1.2"}'), 1)
+        self.assertEqual(delta("mxd_tls_handshake_failures_total"), 1)
+        # the two delivering sessions took `path`; the failed one never
+        # finished a handshake: no TLS
+        self.assertEqual(delta("mxd_sessions_closed_total", '{tls_path="%s"}' % path), 2)
+        self.assertEqual(delta("mxd_sessions_closed_total", '{tls_path="none"}'), 1)
+        self.assertEqual(delta("mxd_messages_accepted_total"), 2)
+        # per delivering session: 220, EHLO, 220 STARTTLS, EHLO, MAIL, RCPT,
+        # 250 queued, 221; the failed one: 220, EHLO, 220 STARTTLS
+        self.assertEqual(delta("mxd_replies_total", '{class="2xx"}'), 2 * 8 + 3)
+        self.assertEqual(delta("mxd_replies_total", '{class="3xx"}'), 2)
+        self.stop_ok(d)
+
+    def test_userspace_path(self):
+        self.run_tls(["ktls off"], "userspace")
+
+    def test_ktls_auto_path(self):
+        self.run_tls([], expected_tls_path())
 
 
 if __name__ == "__main__":
