@@ -15,7 +15,7 @@ import subprocess
 import time
 import unittest
 
-from mxharness import SLOW, MxdTestCase, RawSmtp, free_port
+from mxharness import SLOW, MxdTestCase, RawSmtp, free_port, ipv6_loopback_available
 from tlsharness import (MAIL_NAME, OPENSSL, TlsRawSmtp, TlsTestCase, client_context,
                         expected_tls_path)
 
@@ -51,6 +51,17 @@ def parse(text):
     return samples, helps, types
 
 
+def distinct_ports(n, taken=()):
+    """n free ports, different from each other and from taken (free_port
+    can hand out the same number twice in a row)."""
+    out = []
+    while len(out) < n:
+        p = free_port()
+        if p not in out and p not in taken:
+            out.append(p)
+    return out
+
+
 def family_of(name, types):
     if name in types:
         return name
@@ -64,8 +75,8 @@ def family_of(name, types):
 class MetricsTest(MxdTestCase):
 
     def start(self):
-        self.mport = free_port()
-        return self.mxd(accept_local=False, extra=[
+        port, self.mport = distinct_ports(2)
+        return self.mxd(accept_local=False, port=port, extra=[
             "max-connections-per-client 1",
             "metrics listen on 127.0.0.1 port %d" % self.mport])
 
@@ -180,6 +191,42 @@ class MetricsTest(MxdTestCase):
             print("note: promtool not installed, `promtool check metrics` skipped")
         self.stop_ok(d)
 
+    def test_refusals_by_reason(self):
+        """An early talker (greeting-delay) and a bad PROXY header."""
+        plain, proxied, self.mport = distinct_ports(3)
+        d = self.mxd(start=False, port=plain)
+        d.write_config(text="\n".join([
+            "listen on 127.0.0.1 port %d" % plain,
+            "listen on 127.0.0.1 port %d proxy-v1" % proxied,
+            "table domains { example.com }",
+            "accept from any for domain <domains>",
+            'spool "%s"' % d.spool,
+            "cores 2",
+            "hostname mx.test",
+            "greeting-delay 300ms",
+            "metrics listen on 127.0.0.1 port %d" % self.mport]) + "\n", ports=[plain])
+        d.start()
+        before, _, _ = parse(self.settled())
+        with RawSmtp(plain) as c:
+            c.send(b"EHLO too.early.example\r\n")
+            self.assertEnhanced(c.reply(), 554, "5.5.1")
+            self.assertTrue(c.closed_by_peer())
+        with RawSmtp(proxied) as c:
+            c.send(b"NOT A PROXY HEADER\r\n")
+            self.assertTrue(c.closed_by_peer())
+        after, _, _ = parse(self.settled())
+
+        def delta(name, labels=""):
+            return after[(name, labels)] - before[(name, labels)]
+
+        self.assertEqual(delta("mxd_connections_total"), 2)
+        self.assertEqual(delta("mxd_connections_refused_total", '{reason="early_talker"}'), 1)
+        self.assertEqual(delta("mxd_connections_refused_total", '{reason="bad_proxy_header"}'), 1)
+        self.assertEqual(delta("mxd_connections_refused_total", '{reason="connection_limit"}'), 0)
+        self.assertEqual(delta("mxd_replies_total", '{class="5xx"}'), 1)
+        self.assertEqual(delta("mxd_sessions_closed_total", '{tls_path="none"}'), 2)
+        self.stop_ok(d)
+
     def test_http_details(self):
         self.start()
         r = subprocess.run([CURL, "-s", "-i", "http://127.0.0.1:%d/metrics" % self.mport],
@@ -209,11 +256,10 @@ class MetricsTest(MxdTestCase):
         self.assertTrue(data.startswith(b"HTTP/1.1 200 OK\r\n"), data[:100])
 
     def test_ipv6_listener(self):
-        from mxharness import ipv6_loopback_available
         if not ipv6_loopback_available():
             self.skipTest("no IPv6 loopback")
-        port = free_port()
-        d = self.mxd(extra=["metrics listen on ::1 port %d" % port])
+        mxd_port, port = distinct_ports(2)
+        d = self.mxd(port=mxd_port, extra=["metrics listen on ::1 port %d" % port])
         r = subprocess.run([CURL, "-s", "-g", "http://[::1]:%d/metrics" % port],
                            stdout=subprocess.PIPE, timeout=30 * SLOW)
         self.assertIn(b"# TYPE mxd_connections_total counter", r.stdout)
@@ -227,10 +273,12 @@ class MetricsTlsTest(TlsTestCase):
     userspace path (ktls off) and on what `ktls auto` picks here."""
 
     def run_tls(self, extra, path):
-        mport = free_port()
         p = self.pki(MAIL_NAME, self.certs.server(MAIL_NAME))
-        d = self.tls_mxd(["tls pki %s" % MAIL_NAME], [p],
-                         extra=list(extra) + ["metrics listen on 127.0.0.1 port %d" % mport])
+        d = self.tls_mxd(["tls pki %s" % MAIL_NAME], [p], extra=extra, start=False)
+        (mport,) = distinct_ports(1, taken=d.ports)
+        d.write_config(text=d.config_text + "metrics listen on 127.0.0.1 port %d\n" % mport,
+                       ports=d.ports)
+        self.start_tls_mxd(d)
 
         def scrape():
             deadline = time.monotonic() + 10 * SLOW
