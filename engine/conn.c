@@ -25,6 +25,7 @@
  * commands without reading replies), the session stops taking input until
  * the kernel has taken some: replies are bounded like requests. */
 #define OUT_PAUSE_AT (256 * 1024)
+#define FEED_SLICE (16 * 1024)
 /* A closing connection gets this long to take its last reply. */
 #define CLOSE_LINGER_MS 10000
 /* Buffers above this are returned to the allocator after use, so an idle
@@ -468,13 +469,16 @@ static size_t conn_feed(struct conn *c, const char *data, size_t len)
 {
 	size_t off = 0;
 	while (off < len && session_takes_input(c)) {
+		/* Input goes in slices so the reply bound is checked often: one
+		 * 8-byte "EHLO x" line can ask for ~170 bytes of reply. */
+		size_t slice = len - off < FEED_SLICE ? len - off : FEED_SLICE;
 		size_t used = 0;
-		enum smtp_status st = smtp_feed(&c->smtp, data + off, len - off, &used, &c->out);
+		enum smtp_status st = smtp_feed(&c->smtp, data + off, slice, &used, &c->out);
 		off += used;
 		switch (st) {
 		case SMTP_NEED_MORE:
-			assert(off == len);
-			return off;
+			assert(used == slice);
+			continue;
 		case SMTP_MESSAGE_READY:
 			conn_message_ready(c);
 			return off;
