@@ -988,8 +988,26 @@ struct listen_opts {
 	struct token verify_tok;
 	struct token pki_tok;
 	struct token proxy_tok;
-	bool port_set, hostname_set;
+	struct token port_tok;
+	struct token hostname_tok;
 };
+
+/* A listen option (or one of a group that exclude each other, such as
+ * tls / tls-require / smtps) may be given once: the same word again is a
+ * duplicate, another word of the group a conflict. */
+static int option_once(struct parser *p, struct token *seen, const struct token *opt)
+{
+	if (seen->type != T_EOF) {
+		if (strcmp(seen->text, opt->text) == 0)
+			perr(p, opt, "duplicate option %s", quote(opt->text).s);
+		else
+			perr(p, opt, "%s conflicts with %s", quote(opt->text).s,
+			     quote(seen->text).s);
+		return -1;
+	}
+	*seen = *opt;
+	return 0;
+}
 
 static int listen_option(struct parser *p, struct conf_listener *l, struct listen_opts *o)
 {
@@ -1000,12 +1018,10 @@ static int listen_option(struct parser *p, struct conf_listener *l, struct liste
 	}
 	const char *w = opt.text;
 	if (strcmp(w, "port") == 0) {
+		if (option_once(p, &o->port_tok, &opt) < 0)
+			return -1;
 		lex(p);
 		uint64_t v;
-		if (o->port_set) {
-			perr(p, &opt, "duplicate option \"port\"");
-			return -1;
-		}
 		if (p->tok.type != T_WORD || !parse_decimal(p->tok.text, &v)) {
 			perr(p, &p->tok, "expected a port number");
 			return -1;
@@ -1015,20 +1031,12 @@ static int listen_option(struct parser *p, struct conf_listener *l, struct liste
 			return -1;
 		}
 		l->port = (uint16_t)v;
-		o->port_set = true;
 		lex(p);
 		return 0;
 	}
 	if (strcmp(w, "tls") == 0 || strcmp(w, "tls-require") == 0 || strcmp(w, "smtps") == 0) {
-		if (o->mode_tok.type != T_EOF) {
-			if (strcmp(o->mode_tok.text, w) == 0)
-				perr(p, &opt, "duplicate option %s", quote(w).s);
-			else
-				perr(p, &opt, "%s conflicts with %s", quote(w).s,
-				     quote(o->mode_tok.text).s);
+		if (option_once(p, &o->mode_tok, &opt) < 0)
 			return -1;
-		}
-		o->mode_tok = opt;
 		l->flags |= w[0] == 's' ? CONF_LISTEN_SMTPS
 			    : w[3] == '-' ? CONF_LISTEN_TLS | CONF_LISTEN_TLS_REQUIRE
 					  : CONF_LISTEN_TLS;
@@ -1036,11 +1044,8 @@ static int listen_option(struct parser *p, struct conf_listener *l, struct liste
 		return 0;
 	}
 	if (strcmp(w, "pki") == 0) {
-		if (o->pki_tok.type != T_EOF) {
-			perr(p, &opt, "duplicate option \"pki\"");
+		if (option_once(p, &o->pki_tok, &opt) < 0)
 			return -1;
-		}
-		o->pki_tok = opt;
 		lex(p);
 		if (!is_value(p)) {
 			perr(p, &p->tok, "expected a pki name");
@@ -1057,11 +1062,8 @@ static int listen_option(struct parser *p, struct conf_listener *l, struct liste
 		return 0;
 	}
 	if (strcmp(w, "auth") == 0) {
-		if (o->auth_tok.type != T_EOF) {
-			perr(p, &opt, "duplicate option \"auth\"");
+		if (option_once(p, &o->auth_tok, &opt) < 0)
 			return -1;
-		}
-		o->auth_tok = opt;
 		l->flags |= CONF_LISTEN_AUTH;
 		lex(p);
 		if (p->tok.type == T_REF)
@@ -1069,35 +1071,22 @@ static int listen_option(struct parser *p, struct conf_listener *l, struct liste
 		return 0;
 	}
 	if (strcmp(w, "verify") == 0) {
-		if (o->verify_tok.type != T_EOF) {
-			perr(p, &opt, "duplicate option \"verify\"");
+		if (option_once(p, &o->verify_tok, &opt) < 0)
 			return -1;
-		}
-		o->verify_tok = opt;
 		l->flags |= CONF_LISTEN_VERIFY;
 		lex(p);
 		return 0;
 	}
 	if (strcmp(w, "proxy-v1") == 0 || strcmp(w, "proxy-v2") == 0) {
-		if (o->proxy_tok.type != T_EOF) {
-			if (strcmp(o->proxy_tok.text, w) == 0)
-				perr(p, &opt, "duplicate option %s", quote(w).s);
-			else
-				perr(p, &opt, "%s conflicts with %s", quote(w).s,
-				     quote(o->proxy_tok.text).s);
+		if (option_once(p, &o->proxy_tok, &opt) < 0)
 			return -1;
-		}
-		o->proxy_tok = opt;
 		l->flags |= w[7] == '1' ? CONF_LISTEN_PROXY_V1 : CONF_LISTEN_PROXY_V2;
 		lex(p);
 		return 0;
 	}
 	if (strcmp(w, "hostname") == 0) {
-		if (o->hostname_set) {
-			perr(p, &opt, "duplicate option \"hostname\"");
+		if (option_once(p, &o->hostname_tok, &opt) < 0)
 			return -1;
-		}
-		o->hostname_set = true;
 		lex(p);
 		if (is_value(p) && !valid_hostname(p->tok.text)) {
 			perr(p, &p->tok, "invalid hostname %s", quote(p->tok.text).s);
@@ -1161,7 +1150,7 @@ static int d_listen(struct parser *p, const struct token *dir)
 		}
 	}
 	if (rc == 0) {
-		if (!o.port_set)
+		if (o.port_tok.type == T_EOF)
 			l.port = (l.flags & CONF_LISTEN_SMTPS) ? 465 : 25;
 		set_port(&l);
 		struct conf *c = p->c;
