@@ -11,7 +11,8 @@
  * as the previous one is answered, until --messages are started or
  * --duration is over. Open loop (--rate): message k of this worker is due
  * at start + k / rate, whether or not a connection is free; a due message
- * waits for an idle connection and its latency counts from when it was due,
+ * waits for an idle connection (the one idle longest: they queue FIFO) and
+ * its latency counts from when it was due,
  * so a slow server cannot hide its delays by slowing the client down
  * (no coordinated omission). */
 #include <assert.h>
@@ -123,11 +124,33 @@ bool worker_more_later(struct worker *w)
 	return w->arrivals_total == 0 || w->arrivals_taken < w->arrivals_total;
 }
 
+/* Idle connections (open loop) wait in a FIFO: the one idle longest takes
+ * the next due message, so every connection carries its share. (A stack
+ * would keep reusing the last few and leave the rest idle for as long as
+ * the load stays light: long enough for the server's command timeout to
+ * close them, which the client would count as errors.) A ring of nconns
+ * slots: [idle_head, idle_head + nidle). */
+static struct conn **idle_at(struct worker *w, unsigned i)
+{
+	return &w->idle[(w->idle_head + i) % w->nconns];
+}
+
 void worker_park(struct worker *w, struct conn *c)
 {
 	assert(!c->parked && w->nidle < w->nconns);
 	c->parked = true;
-	w->idle[w->nidle++] = c;
+	*idle_at(w, w->nidle++) = c;
+}
+
+/* The connection idle longest, off the queue. */
+static struct conn *idle_take(struct worker *w)
+{
+	assert(w->nidle > 0);
+	struct conn *c = *idle_at(w, 0);
+	w->idle_head = (w->idle_head + 1) % w->nconns;
+	w->nidle--;
+	c->parked = false;
+	return c;
 }
 
 static void unpark(struct worker *w, struct conn *c)
@@ -135,8 +158,11 @@ static void unpark(struct worker *w, struct conn *c)
 	if (!c->parked)
 		return;
 	for (unsigned i = 0; i < w->nidle; i++)
-		if (w->idle[i] == c) {
-			w->idle[i] = w->idle[--w->nidle];
+		if (*idle_at(w, i) == c) {
+			/* rare (a parked connection closed): keep the order */
+			for (unsigned k = i + 1; k < w->nidle; k++)
+				*idle_at(w, k - 1) = *idle_at(w, k);
+			w->nidle--;
 			break;
 		}
 	c->parked = false;
@@ -426,11 +452,8 @@ static void begin_stop(struct worker *w)
 	if (w->stopping)
 		return;
 	w->stopping = true;
-	while (w->nidle > 0) {
-		struct conn *c = w->idle[--w->nidle];
-		c->parked = false;
-		session_ready(c); /* nothing to take: QUIT */
-	}
+	while (w->nidle > 0)
+		session_ready(idle_take(w)); /* nothing to take: QUIT */
 	for (unsigned i = 0; i < w->nconns; i++) {
 		struct conn *c = &w->conns[i];
 		if (c->state == CS_SLEEP || c->state == CS_WAIT)
@@ -480,17 +503,11 @@ static void tick(struct worker *w)
 static void dispatch_arrivals(struct worker *w)
 {
 	uint64_t t;
-	while (w->nidle > 0 && worker_take_message(w, w->idle[w->nidle - 1], &t)) {
-		struct conn *c = w->idle[--w->nidle];
-		c->parked = false;
-		session_start(c, t);
-	}
+	while (w->nidle > 0 && worker_take_message(w, *idle_at(w, 0), &t))
+		session_start(idle_take(w), t);
 	if (!worker_more_later(w))
-		while (w->nidle > 0) {
-			struct conn *c = w->idle[--w->nidle];
-			c->parked = false;
-			session_ready(c);
-		}
+		while (w->nidle > 0)
+			session_ready(idle_take(w));
 }
 
 static uint64_t next_wait_ns(struct worker *w)

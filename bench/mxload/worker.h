@@ -115,7 +115,7 @@ struct conn {
 	unsigned msgs_started;   /* on this connection */
 	unsigned msgs_unacked;
 	bool quit_sent;
-	bool parked;             /* open loop: on the worker's idle stack */
+	bool parked;             /* open loop: on the worker's idle queue */
 	const struct mxl_body *body;   /* the message being sent */
 	uint64_t msg_start;
 	uint64_t bdat_off;       /* content bytes already put in BDAT chunks */
@@ -159,8 +159,8 @@ struct worker {
 	double period_ns;
 	uint64_t arrivals_total; /* 0 with --duration: until the end */
 	uint64_t arrivals_taken; /* started (or handed to a connection) */
-	struct conn **idle;
-	unsigned nidle;
+	struct conn **idle;      /* a FIFO ring of nconns slots (worker.c) */
+	unsigned idle_head, nidle;
 
 	uint64_t rng;
 	uint64_t msgid_counter;
