@@ -231,7 +231,7 @@ void spool_writer_flush(struct spool_writer *w)
 	uint64_t now_ns = wall_clock_ns();
 	b->fd = w->fd;
 	b->start = w->tail;
-	b->failed = b->no_space = false;
+	b->failed = b->cancelled = b->no_space = false;
 	b->ops_left = 0;
 	uint64_t expected = 0;
 	uint32_t kept = 0;
@@ -304,8 +304,12 @@ void spool_writer_complete(struct spool_writer *w, bool is_fsync, int res)
 	res = injected_fault(res);
 #endif
 	assert(w->in_flight && b->ops_left > 0);
-	if (res < 0) {
-		if (!b->failed && res != -ECANCELED)
+	if (res == -ECANCELED) {
+		/* An earlier linked op failed or came back short: that one
+		 * decides how the batch failed and says why. */
+		b->cancelled = true;
+	} else if (res < 0) {
+		if (!b->failed)
 			log_error("spool: %s failed on segment %08llu: %s", is_fsync ? "fdatasync" : "write",
 				  (unsigned long long)w->seq, strerror(-res));
 		b->failed = true;
@@ -316,9 +320,17 @@ void spool_writer_complete(struct spool_writer *w, bool is_fsync, int res)
 	}
 	if (--b->ops_left > 0)
 		return;
-	bool ok = !b->failed && w->written_bytes == w->expected_bytes;
-	if (!ok && !b->failed)
-		log_error("spool: short write on segment %08llu", (unsigned long long)w->seq);
+	/* A regular-file write comes back short when the file system runs out
+	 * of space (the linked fsync is then cancelled): that is a full disk,
+	 * 452 4.3.1, not a write error. A write that failed outright has
+	 * already said why. */
+	bool short_write = w->written_bytes < w->expected_bytes;
+	if (short_write && !b->failed) {
+		log_error("spool: short write on segment %08llu: file system full?",
+			  (unsigned long long)w->seq);
+		b->no_space = true;
+	}
+	bool ok = !b->failed && !b->cancelled && !short_write;
 	if (!ok)
 		discard_failed_batch(w);
 	w->in_flight = false;

@@ -29,6 +29,7 @@ struct spool_batch {
 	uint64_t start;               /* its first byte, to cut back on failure */
 	uint32_t ops_left;            /* writes + fsync still to complete */
 	bool failed;
+	bool cancelled;               /* a linked op never ran: not durable */
 	bool no_space;
 };
 

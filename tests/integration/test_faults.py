@@ -248,17 +248,6 @@ class DiskFullTest(FaultTestCase):
         c.ehlo()
         return d, c, filler, spool
 
-    # BUG (mxd, engine/spool_writer.c): on a full file system the batch's
-    # writev usually comes back short (the kernel writes what fits and
-    # returns the count; ENOSPC only when not one byte fits), and the
-    # linked fdatasync is then cancelled (-ECANCELED). spool_writer_complete
-    # sets no_space only for -ENOSPC/-EDQUOT, so the message gets
-    # "451 4.3.0 Error: queue file write error" instead of 452 4.3.1, and
-    # nothing in the log says the disk is full (no "write failed" line for
-    # a short write followed by a cancelled fsync). After the cut-back the
-    # free space is the same, so the next message is short again: 451,
-    # repeatedly. Remove expectedFailure when fixed.
-    @unittest.expectedFailure
     def test_disk_full_answers_452_4_3_1(self):
         d, c, filler, spool = self.start_full()
         rng = random.Random(4032)
