@@ -1,15 +1,17 @@
-/* mxd: start-up, the signal loop, and shutdown. The main thread owns the
- * config and the signals; the cores do all the work. */
+/* mxd: start-up, the main thread's event loop, and shutdown. The main
+ * thread owns the config and the signals; the cores do all the work. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -227,7 +229,11 @@ static void log_tls_path(const struct snapshot *s)
 			 "(TCP_ULP \"tls\")");
 }
 
-static void reload(struct snapshot **current)
+/* Reloads the config: new sessions get it, sessions in progress finish on
+ * theirs. The same code serves SIGHUP and the control socket's "reload";
+ * `reply` (may be NULL) gets "ok generation N" or one line per error.
+ * Returns 0 when the new config is published. */
+static int reload(struct snapshot **current, struct buf *reply)
 {
 	uint64_t generation = (*current)->generation + 1;
 	log_info("reloading %s", g_daemon.config_path);
@@ -236,19 +242,26 @@ static void reload(struct snapshot **current)
 	struct snapshot *next =
 		snapshot_load(g_daemon.config_path, generation, ktls_kernel_supported(), &errs);
 	if (!next) {
+		if (errs.len == 0)
+			buf_printf(&errs, "%s: cannot load configuration\n", g_daemon.config_path);
 		buf_append(&errs, "", 1);
 		char *save = NULL;
 		for (char *line = strtok_r(errs.data, "\n", &save); line;
-		     line = strtok_r(NULL, "\n", &save))
+		     line = strtok_r(NULL, "\n", &save)) {
 			log_error("reload refused: %s", line);
+			if (reply)
+				buf_printf(reply, "%s\n", line);
+		}
 		buf_free(&errs);
-		return;
+		return -1;
 	}
 	buf_free(&errs);
 	if (!snapshot_same_listeners(*current, next)) {
 		log_error("reload refused: listeners changed; restart mxd to change listeners");
+		if (reply)
+			buf_printf(reply, "listeners changed; restart mxd to change listeners\n");
 		snapshot_release(next);
-		return;
+		return -1;
 	}
 	if (strcmp((*current)->conf->spool_dir, next->conf->spool_dir) != 0)
 		log_warn("reload: spool directory changes need a restart; keeping %s",
@@ -258,47 +271,121 @@ static void reload(struct snapshot **current)
 	snapshot_release(*current);
 	*current = next;
 	log_info("reload: config generation %llu published", (unsigned long long)generation);
+	if (reply)
+		buf_printf(reply, "ok generation %llu\n", (unsigned long long)generation);
+	return 0;
 }
 
-static int signal_loop(struct snapshot **current)
+/* ---- the main thread's event loop ----
+ *
+ * The main thread owns the signals and (later) the control socket. Signals
+ * are blocked in every thread and read from a signalfd, so a signal is
+ * handled here, in the loop, like any other event: poll(2) waits on the
+ * signalfd and any other descriptor the loop serves. */
+
+/* Every signal the loop handles: blocked at start-up (the core threads
+ * inherit the mask) and read from the signalfd. Add a signal here and a
+ * case in on_signal(). */
+static const int handled_signals[] = {SIGTERM, SIGINT, SIGHUP};
+#define NHANDLED_SIGNALS (sizeof handled_signals / sizeof handled_signals[0])
+
+/* poll(2) slots: the signalfd, then whatever else the loop serves. */
+#define MAIN_POLL_MAX 64
+
+enum loop_next { LOOP_CONTINUE, LOOP_DRAIN };
+
+static void handled_signal_set(sigset_t *set)
+{
+	sigemptyset(set);
+	for (size_t i = 0; i < NHANDLED_SIGNALS; i++)
+		sigaddset(set, handled_signals[i]);
+}
+
+/* What each signal does. SIGTERM and SIGINT end the loop; the drain
+ * follows in main_loop(). */
+static enum loop_next on_signal(int sig, struct snapshot **current)
+{
+	switch (sig) {
+	case SIGHUP:
+		reload(current, NULL);
+		return LOOP_CONTINUE;
+	case SIGTERM:
+	case SIGINT:
+		log_info("%s: draining", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+		return LOOP_DRAIN;
+	default:
+		log_warn("signal %d: not handled", sig);
+		return LOOP_CONTINUE;
+	}
+}
+
+/* Reads every pending signal; LOOP_DRAIN if one of them asks for it. */
+static enum loop_next read_signals(int sfd, struct snapshot **current)
+{
+	enum loop_next next = LOOP_CONTINUE;
+	for (;;) {
+		struct signalfd_siginfo si;
+		ssize_t n = read(sfd, &si, sizeof si);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno == EAGAIN)
+			return next;
+		if (n != (ssize_t)sizeof si) {
+			log_error("signalfd read: %s", n < 0 ? strerror(errno) : "short read");
+			return LOOP_DRAIN; /* cannot hear SIGTERM any more: stop cleanly */
+		}
+		if (on_signal((int)si.ssi_signo, current) == LOOP_DRAIN)
+			next = LOOP_DRAIN;
+	}
+}
+
+/* Tells every core to drain and waits for them; their exit status. */
+static int drain_cores(void)
+{
+	atomic_store(&g_daemon.draining, true);
+	for (unsigned i = 0; i < g_daemon.ncores; i++)
+		core_wake(&g_daemon.cores[i]);
+	int status = 0;
+	for (unsigned i = 0; i < g_daemon.ncores; i++) {
+		pthread_join(g_daemon.cores[i].thread, NULL);
+		status |= g_daemon.cores[i].exit_status;
+	}
+	return status;
+}
+
+static int main_loop(struct snapshot **current)
 {
 	sigset_t set;
-	sigemptyset(&set);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGINT);
-	sigaddset(&set, SIGHUP);
-	for (;;) {
-		int sig = sigwaitinfo(&set, NULL);
-		if (sig < 0) {
+	handled_signal_set(&set);
+	int sfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+	if (sfd < 0) {
+		log_error("signalfd: %s", strerror(errno));
+		return drain_cores() | 1;
+	}
+	enum loop_next next = LOOP_CONTINUE;
+	while (next == LOOP_CONTINUE) {
+		struct pollfd pfd[MAIN_POLL_MAX];
+		unsigned n = 0;
+		pfd[n++] = (struct pollfd){.fd = sfd, .events = POLLIN};
+		int rc = poll(pfd, n, -1);
+		if (rc < 0) {
 			if (errno == EINTR)
 				continue;
-			log_error("sigwaitinfo: %s", strerror(errno));
-			return 1;
+			log_error("poll: %s", strerror(errno));
+			next = LOOP_DRAIN;
+			break;
 		}
-		if (sig == SIGHUP) {
-			reload(current);
-			continue;
-		}
-		log_info("%s: draining", sig == SIGTERM ? "SIGTERM" : "SIGINT");
-		atomic_store(&g_daemon.draining, true);
-		for (unsigned i = 0; i < g_daemon.ncores; i++)
-			core_wake(&g_daemon.cores[i]);
-		int status = 0;
-		for (unsigned i = 0; i < g_daemon.ncores; i++) {
-			pthread_join(g_daemon.cores[i].thread, NULL);
-			status |= g_daemon.cores[i].exit_status;
-		}
-		return status;
+		if (pfd[0].revents)
+			next = read_signals(sfd, current);
 	}
+	close(sfd);
+	return drain_cores();
 }
 
 static void block_signals(void)
 {
 	sigset_t set;
-	sigemptyset(&set);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGINT);
-	sigaddset(&set, SIGHUP);
+	handled_signal_set(&set);
 	pthread_sigmask(SIG_BLOCK, &set, NULL); /* inherited by the core threads */
 	signal(SIGPIPE, SIG_IGN);
 }
@@ -365,7 +452,7 @@ int main(int argc, char **argv)
 		 (unsigned long long)c->max_message_size);
 	log_tls_path(snap);
 
-	int status = signal_loop(&snap);
+	int status = main_loop(&snap);
 	metrics_server_stop();
 	log_info("mxd stopped");
 	snapshot_release(snap);
