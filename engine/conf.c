@@ -72,6 +72,7 @@ enum {
 	SEEN_TIMEOUT_DATA_TERM,
 	SEEN_TIMEOUT_DRAIN,
 	SEEN_METRICS,
+	SEEN_CONTROL,
 	SEEN_COUNT,
 };
 
@@ -1633,6 +1634,68 @@ static int d_hostname(struct parser *p, const struct token *dir)
 	return 0;
 }
 
+/* control socket PATH [max-clients N] [timeout DURATION] */
+static int control_option(struct parser *p, struct conf_control *ctl, unsigned *seen)
+{
+	struct token opt = p->tok;
+	unsigned bit = is_kw(p, "max-clients") ? 1u : 2u;
+	if (*seen & bit) {
+		perr(p, &opt, "duplicate option %s", quote(opt.text).s);
+		return -1;
+	}
+	*seen |= bit;
+	lex(p);
+	if (bit == 1)
+		return want_u32(p, "max-clients", 1, 64, &ctl->max_clients);
+	uint32_t ms;
+	if (p->tok.type != T_WORD || conf_parse_duration(p->tok.text, &ms) < 0) {
+		perr(p, &p->tok, "expected a duration");
+		return -1;
+	}
+	if (ms < 100 || ms > 60 * 60 * 1000) {
+		perr(p, &p->tok, "control timeout must be between 100ms and 1h");
+		return -1;
+	}
+	ctl->timeout = ms;
+	lex(p);
+	return 0;
+}
+
+static int d_control(struct parser *p, const struct token *dir)
+{
+	if (once(p, SEEN_CONTROL, dir) < 0)
+		return -1;
+	struct conf_control *ctl = &p->c->control;
+	if (!is_kw(p, "socket")) {
+		perr(p, &p->tok, "expected \"socket\"");
+		return -1;
+	}
+	lex(p);
+	struct token path_tok = p->tok;
+	char *path;
+	if (want_value(p, "a socket path", &path) < 0)
+		return -1;
+	if (strlen(path) > CONF_CONTROL_PATH_MAX) {
+		perr(p, &path_tok, "control socket path longer than %u bytes", CONF_CONTROL_PATH_MAX);
+		free(path);
+		return -1;
+	}
+	free(ctl->path);
+	ctl->path = path;
+	ctl->path_default = false;
+	ctl->line = dir->line;
+	ctl->col = dir->col;
+	unsigned seen = 0;
+	while (is_kw(p, "max-clients") || is_kw(p, "timeout"))
+		if (control_option(p, ctl, &seen) < 0)
+			return -1;
+	if (!at_end(p) && p->tok.type == T_WORD) {
+		perr(p, &p->tok, "unknown control option %s", quote(p->tok.text).s);
+		return -1;
+	}
+	return 0;
+}
+
 static const struct directive {
 	const char *name;
 	int (*fn)(struct parser *p, const struct token *dir);
@@ -1657,6 +1720,7 @@ static const struct directive {
 	{"greeting-delay", d_greeting_delay},
 	{"min-data-rate", d_min_data_rate},
 	{"metrics", d_metrics},
+	{"control", d_control},
 };
 
 static int statement(struct parser *p)
@@ -1704,6 +1768,20 @@ static void finish(struct parser *p)
 	}
 	if (!c->spool_dir)
 		c->spool_dir = pstrdup(p, "var/spool");
+	if (!c->control.path && c->spool_dir) {
+		/* next to the spool: one socket per instance, in a 0700 directory.
+		 * A path too long for sun_path is left to the daemon to report. */
+		struct buf b;
+		buf_init(&b, 0);
+		if (buf_printf(&b, "%s/%s", c->spool_dir, CONF_CONTROL_SOCKET_NAME) == 0 &&
+		    buf_append(&b, "", 1) == 0) {
+			c->control.path = pstrdup(p, b.data);
+			c->control.path_default = true;
+		} else {
+			oom(p);
+		}
+		buf_free(&b);
+	}
 	if (!c->path)
 		c->path = pstrdup(p, p->name);
 }
@@ -1725,6 +1803,8 @@ static void conf_defaults(struct conf *c)
 	c->timeouts.data_term = 10 * 60 * 1000;
 	c->timeouts.drain = 30 * 1000;
 	c->cores = 0;
+	c->control.max_clients = CONF_DEFAULT_CONTROL_MAX_CLIENTS;
+	c->control.timeout = CONF_DEFAULT_CONTROL_TIMEOUT;
 	c->segment_size = CONF_DEFAULT_SEGMENT_SIZE;
 	c->ktls = CONF_KTLS_AUTO;
 }
@@ -1803,6 +1883,7 @@ void conf_free(struct conf *c)
 		listener_free(&c->listeners[i]);
 	free(c->listeners);
 	listener_free(&c->metrics);
+	free(c->control.path);
 	for (size_t i = 0; i < c->npkis; i++) {
 		free(c->pkis[i].name);
 		free(c->pkis[i].cert);

@@ -89,6 +89,14 @@ struct conf_timeouts {
  * insists (start-up fails without kernel support); off never uses it. */
 enum conf_ktls { CONF_KTLS_AUTO, CONF_KTLS_ON, CONF_KTLS_OFF };
 
+struct conf_control {
+	char *path;                       /* default "SPOOL/mxd.sock" */
+	bool path_default;                /* not given: derived from the spool */
+	uint32_t max_clients;             /* control clients at once, default 4 */
+	uint32_t timeout;                 /* ms a client may sit idle, default 10s */
+	int line, col;                    /* of the directive; 0 when absent */
+};
+
 struct conf {
 	char *path;                       /* file it came from */
 	char *hostname;                   /* "hostname NAME"; default gethostname() at load */
@@ -121,6 +129,9 @@ struct conf {
 	 * (addr_text NULL when not configured). Only addr_text, addr,
 	 * addr_len, port, line and col are used. */
 	struct conf_listener metrics;
+	/* "control socket PATH [max-clients N] [timeout DURATION]": the Unix
+	 * socket mxctl talks to (engine/control.h). */
+	struct conf_control control;
 };
 
 /* Parse text (name is used in error messages). Table files and relative
@@ -145,6 +156,10 @@ const struct conf_pki *conf_pki_find(const struct conf *c, const char *name);
 #define CONF_MAX_LINE_LENGTH (1u << 20)
 #define CONF_DEFAULT_SEGMENT_SIZE (256ull << 20)
 #define CONF_MAX_CORES 256u
+#define CONF_DEFAULT_CONTROL_MAX_CLIENTS 4u
+#define CONF_DEFAULT_CONTROL_TIMEOUT (10u * 1000u)
+#define CONF_CONTROL_SOCKET_NAME "mxd.sock" /* in the spool directory by default */
+#define CONF_CONTROL_PATH_MAX 107u        /* sun_path holds 108 bytes with the NUL */
 
 /* "35M" "1G" "512k" "1000" → bytes; -1 on syntax error or overflow. */
 int conf_parse_size(const char *s, uint64_t *out);

@@ -565,6 +565,54 @@ static void test_listen_proxy(void)
 		  "mxd.conf:1:29: unknown listen option \"proxy\"\n");
 }
 
+static void test_control(void)
+{
+	struct conf *c = PARSE_OK("\n");
+	if (c) {
+		CHECK_STR_EQ(c->control.path, "var/spool/mxd.sock");
+		CHECK(c->control.path_default && c->control.line == 0);
+		CHECK(c->control.max_clients == CONF_DEFAULT_CONTROL_MAX_CLIENTS);
+		CHECK(c->control.timeout == CONF_DEFAULT_CONTROL_TIMEOUT);
+	}
+	conf_free(c);
+	c = PARSE_OK("control socket \"/tmp/x.sock\"\nspool \"/srv/spool\"\n");
+	if (c) {
+		CHECK_STR_EQ(c->control.path, "/tmp/x.sock");
+		CHECK(!c->control.path_default && c->control.line == 1);
+	}
+	conf_free(c);
+	c = PARSE_OK("spool \"/srv/spool\"\n");
+	CHECK(c && strcmp(c->control.path, "/srv/spool/mxd.sock") == 0);
+	conf_free(c);
+	c = PARSE_OK("control socket run/mxd.sock timeout 2s max-clients 8\n");
+	if (c) {
+		CHECK_STR_EQ(c->control.path, "run/mxd.sock");
+		CHECK(c->control.max_clients == 8 && c->control.timeout == 2000);
+	}
+	conf_free(c);
+
+	PARSE_ERR("control\n", "mxd.conf:1:8: expected \"socket\"\n");
+	PARSE_ERR("control socket\n", "mxd.conf:1:15: expected a socket path\n");
+	PARSE_ERR("control socket \"\"\n", "mxd.conf:1:16: expected a socket path\n");
+	PARSE_ERR("control socket \"/012345678901234567890123456789012345678901234567890123456789"
+		  "0123456789012345678901234567890123456789012345678\"\n",
+		  "mxd.conf:1:16: control socket path longer than 107 bytes\n");
+	PARSE_ERR("control socket x max-clients 0\n", "mxd.conf:1:30: max-clients below 1\n");
+	PARSE_ERR("control socket x max-clients 65\n", "mxd.conf:1:30: max-clients above 64\n");
+	c = PARSE_OK("control socket x timeout 10\n"); /* a bare number is seconds */
+	CHECK(c && c->control.timeout == 10000);
+	conf_free(c);
+	PARSE_ERR("control socket x timeout soon\n", "mxd.conf:1:26: expected a duration\n");
+	PARSE_ERR("control socket x timeout 50ms\n",
+		  "mxd.conf:1:26: control timeout must be between 100ms and 1h\n");
+	PARSE_ERR("control socket x timeout 1s timeout 2s\n",
+		  "mxd.conf:1:29: duplicate option \"timeout\"\n");
+	PARSE_ERR("control socket x mode 0666\n",
+		  "mxd.conf:1:18: unknown control option \"mode\"\n");
+	PARSE_ERR("control socket x\ncontrol socket y\n",
+		  "mxd.conf:2:1: duplicate \"control\" (first set on line 1)\n");
+}
+
 static void test_metrics(void)
 {
 	struct conf *c = PARSE_OK("\n");
@@ -832,6 +880,7 @@ int main(void)
 	test_abuse_settings();
 	test_listen_proxy();
 	test_metrics();
+	test_control();
 	test_lexer();
 	test_sizes();
 	test_load();
