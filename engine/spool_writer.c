@@ -39,20 +39,31 @@ static int fsync_directory(const char *dir)
 /* A new segment is durable — header and directory entry — before any
  * record in it is acknowledged. Rare (once per segment-size bytes), so
  * plain blocking calls are fine here. */
-static int open_segment(struct spool_writer *w, uint64_t seq)
+static bool is_no_space(int err)
 {
+	return err == ENOSPC || err == EDQUOT;
+}
+
+/* Fails with w->open_errno set; a number whose creation failed is tried
+ * again next time, so a full disk does not leave a trail of segments. */
+static int open_segment(struct spool_writer *w)
+{
+	uint64_t seq = w->next_seq;
 	char path[sizeof w->dir + 32];
 	snprintf(path, sizeof path, "%s/%08llu.seg", w->dir, (unsigned long long)seq);
 	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (fd < 0) {
+		w->open_errno = errno;
 		log_error("spool: cannot create %s: %s", path, strerror(errno));
 		return -1;
 	}
 	uint8_t header[SPOOL_SEGMENT_HEADER_SIZE];
 	spool_segment_header(header, w->core_index, seq, wall_clock_ns());
-	if (pwrite(fd, header, sizeof header, 0) != (ssize_t)sizeof header || fdatasync(fd) < 0 ||
-	    fsync_directory(w->dir) < 0) {
-		log_error("spool: cannot initialise %s: %s", path, strerror(errno));
+	ssize_t n = pwrite(fd, header, sizeof header, 0);
+	if (n != (ssize_t)sizeof header || fdatasync(fd) < 0 || fsync_directory(w->dir) < 0) {
+		/* a short header write is a full disk too */
+		w->open_errno = n >= 0 && n < (ssize_t)sizeof header ? ENOSPC : errno;
+		log_error("spool: cannot initialise %s: %s", path, strerror(w->open_errno));
 		close(fd);
 		unlink(path);
 		return -1;
@@ -61,6 +72,7 @@ static int open_segment(struct spool_writer *w, uint64_t seq)
 		close(w->fd);
 	w->fd = fd;
 	w->seq = seq;
+	w->next_seq = seq + 1;
 	w->tail = SPOOL_SEGMENT_HEADER_SIZE;
 	log_info("spool: writing segment %s", path);
 	return 0;
@@ -83,7 +95,16 @@ int spool_writer_open(struct spool_writer *w, struct core *core, const char *spo
 		log_error("spool: cannot create %s: %s", w->dir, strerror(errno));
 		return -1;
 	}
-	return open_segment(w, first_seq);
+	w->next_seq = first_seq;
+	if (open_segment(w) == 0)
+		return 0;
+	if (!is_no_space(w->open_errno))
+		return -1;
+	/* Serve anyway: every message gets 452 4.3.1 until space returns. */
+	log_warn("spool: %s is full at start-up: new mail is refused with 452 4.3.1 until "
+		 "there is space",
+		 w->dir);
+	return 0;
 }
 
 void spool_writer_close(struct spool_writer *w)
@@ -187,11 +208,12 @@ static uint64_t record_bytes(const struct spool_batch *b, uint32_t i)
 	return iov[0].iov_len + iov[1].iov_len + iov[2].iov_len;
 }
 
-/* Messages the batch could not take get their 451 now, outside the batch. */
-static void fail_now(struct conn **conns, uint32_t n)
+/* Messages the batch could not take get their 451 (or 452 on a full
+ * disk) now, outside the batch. */
+static void fail_now(struct conn **conns, uint32_t n, bool no_space)
 {
 	for (uint32_t i = 0; i < n; i++)
-		conn_spool_done(conns[i], false, false);
+		conn_spool_done(conns[i], false, no_space);
 }
 
 void spool_writer_flush(struct spool_writer *w)
@@ -199,12 +221,12 @@ void spool_writer_flush(struct spool_writer *w)
 	if (w->in_flight || w->nwaiting == 0)
 		return;
 	if (w->fd < 0 || w->tail >= w->segment_size) {
-		if (open_segment(w, w->seq + 1) < 0 && w->fd < 0) {
+		if (open_segment(w) < 0 && w->fd < 0) {
 			struct conn **conns = w->waiting;
 			uint32_t n = w->nwaiting;
 			w->waiting = NULL;
 			w->nwaiting = w->waiting_cap = 0;
-			fail_now(conns, n);
+			fail_now(conns, n, is_no_space(w->open_errno));
 			free(conns);
 			return;
 		}
@@ -224,7 +246,7 @@ void spool_writer_flush(struct spool_writer *w)
 		log_error("spool: out of memory for a batch of %u", b->n);
 		uint32_t n = b->n;
 		b->n = 0;
-		fail_now(b->conns, n);
+		fail_now(b->conns, n, false);
 		return;
 	}
 
@@ -270,20 +292,25 @@ void spool_writer_flush(struct spool_writer *w)
 		clock_gettime(CLOCK_MONOTONIC, &ts);
 		w->batch_submitted_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 	}
-	fail_now(refused, nrefused);
+	fail_now(refused, nrefused, false);
 }
 
 /* A failed batch may have left part of its records on disk: cut them off so
- * a message that got 451 does not reappear after a restart, and continue
- * in a fresh segment. */
+ * a message that got 4xx does not reappear after a restart. After an I/O
+ * error the segment's page cache cannot be trusted, so writing goes on in
+ * a fresh segment; after a full disk the cut-back is enough (a fresh
+ * segment would only leave an empty file behind per failed batch). */
 static void discard_failed_batch(struct spool_writer *w)
 {
 	struct spool_batch *b = &w->batch;
-	if (ftruncate(b->fd, (off_t)b->start) < 0 || fdatasync(b->fd) < 0)
+	bool cut = ftruncate(b->fd, (off_t)b->start) == 0 && fdatasync(b->fd) == 0;
+	if (!cut)
 		log_error("spool: cannot cut back segment %08llu to %llu: %s",
 			  (unsigned long long)w->seq, (unsigned long long)b->start, strerror(errno));
 	w->tail = b->start;
-	if (open_segment(w, w->seq + 1) < 0)
+	if (cut && b->no_space)
+		return;
+	if (open_segment(w) < 0)
 		log_error("spool: staying on segment %08llu", (unsigned long long)w->seq);
 }
 

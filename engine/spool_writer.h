@@ -37,8 +37,10 @@ struct spool_writer {
 	struct core *core;
 	unsigned core_index;
 	char dir[4096];               /* DIR/<core> */
-	int fd;
-	uint64_t seq;
+	int fd;                       /* -1: no segment open (disk full) */
+	uint64_t seq;                 /* of the open segment */
+	uint64_t next_seq;            /* the next segment's number */
+	int open_errno;               /* why the last open_segment failed */
 	uint64_t tail;                /* next record offset */
 	uint64_t segment_size;
 

@@ -38,6 +38,7 @@ valgrind), MXD_FAULTS_RECOVERY_MESSAGES (records for the recovery test,
 default 100000).
 """
 
+import errno
 import hashlib
 import os
 import random
@@ -253,6 +254,9 @@ class DiskFullTest(FaultTestCase):
         rng = random.Random(4032)
         acked = {}
         self.fill(c, rng, acked, "a", strict=True)
+        # each refused batch is cut back in place: no trail of new segments
+        segments = [n for n in os.listdir(os.path.join(spool, "00")) if n.endswith(".seg")]
+        self.assertEqual(len(segments), 1, segments)
         with RawSmtp(d.port) as c2:
             self.assertEqual(c2.connect_greeting().code, 220)
             c2.ehlo()
@@ -261,6 +265,41 @@ class DiskFullTest(FaultTestCase):
         self.assertIn(b"spool full", d.log_bytes())
         c.close()
         self.assert_spool_holds(spool, acked, exact=True)
+
+    def test_full_at_start_up_serves_452_and_recovers(self):
+        """A spool with no room for even a segment header: mxd starts
+        anyway, refuses with 452 4.3.1, and takes mail once space returns,
+        without leaving empty segments behind."""
+        spool = os.path.join(self.mnt, "spool")
+        d = self.fault_mxd(spool=spool, cores=1)
+        self.stop_ok(d)
+        filler = os.path.join(self.mnt, "filler")
+        with open(filler, "wb", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"\0" * 4096)
+            except OSError as e:
+                self.assertEqual(e.errno, errno.ENOSPC)
+        segments_before = sorted(os.listdir(os.path.join(spool, "00")))
+        d.start()
+        rng = random.Random(4033)
+        with RawSmtp(d.port) as c:
+            self.assertEqual(c.connect_greeting().code, 220)
+            c.ehlo()
+            for i in range(3):
+                r, _ = self.send(c, "full-%d" % i, message("full-%d" % i, 2000, rng))
+                self.assertEnhanced(r, 452, "4.3.1")
+            self.assertIn(b"full at start-up", d.log_bytes())
+            self.assertEqual(sorted(os.listdir(os.path.join(spool, "00"))), segments_before,
+                             "failed attempts left segment files behind")
+            os.unlink(filler)
+            content = message("after", 2000, rng)
+            r, qid = self.send(c, "after", content)
+            self.assertEqual(r.code, 250, r)
+        self.stop_ok(d)
+        rc, out = spool_verify(spool)
+        self.assertEqual(rc, 0, out[-3000:])
+        self.assert_spool_holds(spool, {qid: content}, exact=True)
 
     def test_disk_full_loses_nothing_and_recovers_by_itself(self):
         d, c, filler, spool = self.start_full()
