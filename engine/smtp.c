@@ -916,6 +916,11 @@ static bool mail_store(struct smtp_session *s, const struct path *path,
 
 static void cmd_mail(struct smtp_session *s, const char *verb, struct span arg, struct buf *out)
 {
+	if (s->hooks.paused && s->hooks.paused(s->hooks.ctx)) {
+		reply_as(s, out, verb, REPLY_CLOSING,
+			 "421 4.3.2 %s Service paused, try again later", s->cfg->hostname);
+		return;
+	}
 	if (!s->greeted) {
 		reply(s, out, verb, "503 5.5.1 Error: send HELO/EHLO first");
 		return;
@@ -2040,6 +2045,30 @@ enum smtp_wait smtp_waiting_for(const struct smtp_session *s)
 	}
 	assert(!"bad session state");
 	return SMTP_WAIT_CLOSED;
+}
+
+const char *smtp_state_name(const struct smtp_session *s)
+{
+	switch (s->state) {
+	case SMTP_S_COMMAND:
+		if (s->auth_step != AUTH_IDLE)
+			return "auth";
+		if (s->in_transaction && s->env.chunking)
+			return "bdat"; /* between chunks */
+		if (s->in_transaction)
+			return s->env.nrcpt ? "rcpt" : "mail";
+		return s->greeted ? "ehlo" : "greeting";
+	case SMTP_S_DATA:
+		return "data";
+	case SMTP_S_BDAT:
+		return "bdat";
+	case SMTP_S_WAIT_COMMIT:
+		return "commit";
+	case SMTP_S_CLOSED:
+		return "closed";
+	}
+	assert(!"bad session state");
+	return "?";
 }
 
 void smtp_timeout(struct smtp_session *s, struct buf *out)

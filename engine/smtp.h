@@ -125,6 +125,10 @@ enum smtp_wait {
 struct smtp_hooks {
 	void *ctx;
 	void (*reject)(void *ctx, const char *command, const char *reply);
+	/* Asked at each MAIL FROM (NULL: never paused): true answers
+	 * "421 4.3.2 Service paused" and closes the session. A transaction
+	 * already under way finishes. */
+	bool (*paused)(void *ctx);
 };
 
 enum smtp_state {
@@ -216,6 +220,10 @@ void smtp_tls_established(struct smtp_session *s);
 void smtp_auth_done(struct smtp_session *s, bool ok, struct buf *out);
 
 enum smtp_wait smtp_waiting_for(const struct smtp_session *s);
+/* Where the session is, for people (mxctl sessions): "greeting" (no
+ * EHLO/HELO yet), "ehlo", "auth", "mail", "rcpt", "data", "bdat",
+ * "commit", "closed". */
+const char *smtp_state_name(const struct smtp_session *s);
 /* Deadline passed: 421 4.4.2, session closed. */
 void smtp_timeout(struct smtp_session *s, struct buf *out);
 /* Server draining or refusing: 421 4.3.2, session closed. */

@@ -1523,6 +1523,71 @@ static void test_auth_line_cap(void)
 	free(cmd_long);
 }
 
+/* The pause hook: asked at MAIL only; a transaction begun before the
+ * pause finishes; the next MAIL gets 421 4.3.2 and the session closes. The
+ * state names follow the session. */
+struct pause_record {
+	struct hook_record rec;
+	bool paused;
+	unsigned asked;
+};
+
+static void pause_reject(void *ctx, const char *command, const char *reply)
+{
+	record_reject(&((struct pause_record *)ctx)->rec, command, reply);
+}
+
+static bool pause_asked(void *ctx)
+{
+	struct pause_record *p = ctx;
+	p->asked++;
+	return p->paused;
+}
+
+static void test_paused(void)
+{
+	struct script sc = { 0 };
+	struct smtp_config cfg = config_for(&sc);
+	struct smtp_peer peer = peer_for(&sc);
+	char line[512] = { 0 };
+	struct pause_record pr = { 0 };
+	struct smtp_session s;
+	struct buf out;
+	size_t used;
+	buf_init(&out, 0);
+	smtp_session_init(&s, &cfg, &peer, line,
+			  (struct smtp_hooks){ .ctx = &pr, .reject = pause_reject,
+					       .paused = pause_asked });
+	smtp_greeting(&s, &out);
+	CHECK_STR_EQ(smtp_state_name(&s), "greeting");
+	CHECK(feed_str(&s, "EHLO c.test\r\nNOOP\r\n", &used, &out) == SMTP_NEED_MORE);
+	CHECK(pr.asked == 0);
+	CHECK_STR_EQ(smtp_state_name(&s), "ehlo");
+	CHECK(feed_str(&s, "MAIL FROM:<a@x.test>\r\n", &used, &out) == SMTP_NEED_MORE);
+	CHECK(pr.asked == 1);
+	CHECK_STR_EQ(smtp_state_name(&s), "mail");
+	pr.paused = true; /* paused inside the transaction: it finishes */
+	CHECK(feed_str(&s, "RCPT TO:<b@y.test>\r\n", &used, &out) == SMTP_NEED_MORE);
+	CHECK_STR_EQ(smtp_state_name(&s), "rcpt");
+	CHECK(feed_str(&s, "DATA\r\nx\r\n", &used, &out) == SMTP_NEED_MORE);
+	CHECK_STR_EQ(smtp_state_name(&s), "data");
+	CHECK(feed_str(&s, ".\r\n", &used, &out) == SMTP_MESSAGE_READY);
+	CHECK_STR_EQ(smtp_state_name(&s), "commit");
+	smtp_commit_done(&s, true, false, "ID1", &out);
+	CHECK(pr.rec.calls == 0 && pr.asked == 1);
+	size_t len = out.len;
+	CHECK(feed_str(&s, "MAIL FROM:<a@x.test>\r\nNOOP\r\n", &used, &out) == SMTP_CLOSE);
+	CHECK(used == strlen("MAIL FROM:<a@x.test>\r\n"));
+	CHECK(pr.asked == 2 && pr.rec.calls == 1);
+	CHECK_STR_EQ(pr.rec.verb, "MAIL");
+	CHECK_STR_EQ(pr.rec.reply, "421 4.3.2 " HOST " Service paused, try again later");
+	CHECK(out.len - len == strlen(pr.rec.reply) + 2 &&
+	      memcmp(out.data + len, pr.rec.reply, out.len - len - 2) == 0);
+	CHECK_STR_EQ(smtp_state_name(&s), "closed");
+	smtp_session_free(&s);
+	buf_free(&out);
+}
+
 int main(void)
 {
 	test_policy = policy_make();
@@ -1537,6 +1602,7 @@ int main(void)
 	test_starttls_consumed();
 	test_auth_check();
 	test_auth_line_cap();
+	test_paused();
 	policy_free(test_policy);
 	return check_report("test_smtp");
 }
