@@ -73,6 +73,17 @@ enum {
 	SEEN_TIMEOUT_DRAIN,
 	SEEN_METRICS,
 	SEEN_CONTROL,
+	SEEN_RELAY_LIFETIME,
+	SEEN_RELAY_RETRY,
+	SEEN_RELAY_CONNECTIONS,
+	SEEN_RELAY_CHUNK_SIZE,
+	SEEN_RELAY_HELO,
+	SEEN_RELAY_CA,
+	SEEN_RELAY_TIMEOUT_CONNECT,
+	SEEN_RELAY_TIMEOUT_GREETING,
+	SEEN_RELAY_TIMEOUT_COMMAND,
+	SEEN_RELAY_TIMEOUT_DATA_END,
+	SEEN_BOUNCE,
 	SEEN_COUNT,
 };
 
@@ -1297,12 +1308,104 @@ static int check_addr_table(struct parser *p, const char *name)
 	return rc;
 }
 
+static void route_free(struct conf_route *r)
+{
+	free(r->hops);
+	free(r->ca);
+	memset(r, 0, sizeof *r);
+}
+
 static void rule_free(struct conf_rule *r)
 {
 	free(r->from_table);
 	free(r->domain_table);
 	free(r->recipient_table);
+	route_free(&r->relay);
 	memset(r, 0, sizeof *r);
+}
+
+/* One next-hop URL (the lookahead), appended to r. An error points at
+ * the byte of the URL it is about. */
+static int route_hop(struct parser *p, struct conf_route *r, size_t *cap)
+{
+	if (!is_value(p) || p->tok.len == 0) {
+		perr(p, &p->tok, "expected a next-hop URL");
+		return -1;
+	}
+	if (r->nhops == CONF_RELAY_MAX_HOPS) {
+		perr(p, &p->tok, "more than %u next hops", CONF_RELAY_MAX_HOPS);
+		return -1;
+	}
+	struct relay_url u;
+	const char *why;
+	size_t off;
+	if (relay_url_parse(p->tok.text, p->tok.len, &u, &why, &off) < 0) {
+		size_t col = (size_t)p->tok.col + (p->tok.type == T_STRING ? 1 : 0) + off;
+		perr_at(p, p->tok.line, col > INT32_MAX ? INT32_MAX : (int)col,
+			"invalid next hop %s: %s", quote(p->tok.text).s, why);
+		return -1;
+	}
+	for (size_t i = 0; i < r->nhops; i++)
+		if (strcmp(r->hops[i].text, u.text) == 0) {
+			perr(p, &p->tok, "next hop %s given twice", quote(u.text).s);
+			return -1;
+		}
+	if (grow(p, (void **)&r->hops, cap, r->nhops, sizeof u) < 0)
+		return -1;
+	r->hops[r->nhops++] = u;
+	lex(p);
+	return 0;
+}
+
+static bool route_has_tls(const struct conf_route *r)
+{
+	for (size_t i = 0; i < r->nhops; i++)
+		if (r->hops[i].tls != RELAY_TLS_NONE)
+			return true;
+	return false;
+}
+
+/* [ca "FILE" | noverify]: only for routes with a TLS next hop. */
+static int route_options(struct parser *p, struct conf_route *r)
+{
+	struct token seen;
+	memset(&seen, 0, sizeof seen); /* T_EOF: none yet */
+	while (is_kw(p, "ca") || is_kw(p, "noverify")) {
+		struct token opt = p->tok;
+		if (option_once(p, &seen, &opt) < 0)
+			return -1;
+		if (!route_has_tls(r)) {
+			perr(p, &opt, "%s needs an smtp+tls:// or smtps:// next hop", quote(opt.text).s);
+			return -1;
+		}
+		lex(p);
+		if (opt.text[0] == 'n')
+			r->noverify = true;
+		else if (want_value(p, "a CA file name", &r->ca) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+/* "via URL[, URL...] [ca FILE | noverify]" after "relay" (at tok). */
+static int want_route(struct parser *p, const struct token *relay_tok, struct conf_route *r)
+{
+	r->line = relay_tok->line;
+	r->col = relay_tok->col;
+	if (!is_kw(p, "via")) {
+		perr(p, &p->tok, "expected \"via\" after \"relay\"");
+		return -1;
+	}
+	lex(p);
+	size_t cap = 0;
+	for (;;) {
+		if (route_hop(p, r, &cap) < 0)
+			return -1;
+		if (p->tok.type != T_COMMA)
+			break;
+		lex(p);
+	}
+	return route_options(p, r);
 }
 
 /* accept from any|local|authenticated|<t> for any|domain <t>|domain NAME
@@ -1368,6 +1471,12 @@ static int d_accept(struct parser *p, const struct token *dir)
 	if (is_kw(p, "recipient")) {
 		lex(p);
 		if (want_table_ref(p, "<table> after \"recipient\"", &r.recipient_table) < 0)
+			goto out;
+	}
+	if (is_kw(p, "relay")) {
+		struct token relay_tok = p->tok;
+		lex(p);
+		if (want_route(p, &relay_tok, &r.relay) < 0)
 			goto out;
 	}
 	struct conf *c = p->c;
@@ -1696,6 +1805,167 @@ static int d_control(struct parser *p, const struct token *dir)
 	return 0;
 }
 
+/* "relay WORD" settings that may be given once: the slot, and a message
+ * that names both words. */
+static int relay_once(struct parser *p, int slot, const char *what)
+{
+	if (p->seen[slot]) {
+		perr(p, &p->tok, "duplicate \"relay %s\" (first set on line %d)", what, p->seen[slot]);
+		return -1;
+	}
+	p->seen[slot] = p->tok.line;
+	lex(p);
+	return 0;
+}
+
+static int want_duration(struct parser *p, uint32_t *out)
+{
+	if (p->tok.type != T_WORD || conf_parse_duration(p->tok.text, out) < 0) {
+		if (is_value(p))
+			perr(p, &p->tok, "invalid duration %s (a number with ms, s, m, h or d)",
+			     quote(p->tok.text).s);
+		else
+			perr(p, &p->tok, "expected a duration");
+		return -1;
+	}
+	if (*out == 0) {
+		perr(p, &p->tok, "a duration must be longer than 0");
+		return -1;
+	}
+	lex(p);
+	return 0;
+}
+
+/* relay retry FIRST..MAX: the first retry's delay and the backoff's cap. */
+static int relay_retry(struct parser *p, struct conf_relay *r)
+{
+	const char *dots = p->tok.type == T_WORD ? strstr(p->tok.text, "..") : NULL;
+	if (!dots) {
+		perr(p, &p->tok, "expected FIRST..MAX retry delays (e.g. 1m..4h)");
+		return -1;
+	}
+	char first[CONF_TOKEN_MAX + 1];
+	snprintf(first, sizeof first, "%.*s", (int)(dots - p->tok.text), p->tok.text);
+	uint32_t a, b;
+	if (conf_parse_duration(first, &a) < 0 || conf_parse_duration(dots + 2, &b) < 0 ||
+	    a == 0 || b == 0) {
+		perr(p, &p->tok, "invalid retry delays %s (durations above 0, e.g. 1m..4h)",
+		     quote(p->tok.text).s);
+		return -1;
+	}
+	if (a > b) {
+		perr(p, &p->tok, "first retry delay longer than the maximum");
+		return -1;
+	}
+	r->retry_first = a;
+	r->retry_max = b;
+	lex(p);
+	return 0;
+}
+
+static int relay_timeout(struct parser *p, struct conf_relay *r)
+{
+	static const struct {
+		const char *name;
+		int slot;
+		size_t off;
+	} kinds[] = {
+		{"connect", SEEN_RELAY_TIMEOUT_CONNECT, offsetof(struct conf_relay, timeout_connect)},
+		{"greeting", SEEN_RELAY_TIMEOUT_GREETING, offsetof(struct conf_relay, timeout_greeting)},
+		{"command", SEEN_RELAY_TIMEOUT_COMMAND, offsetof(struct conf_relay, timeout_command)},
+		{"data-end", SEEN_RELAY_TIMEOUT_DATA_END, offsetof(struct conf_relay, timeout_data_end)},
+	};
+	for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++) {
+		if (!is_kw(p, kinds[k].name))
+			continue;
+		char what[32];
+		snprintf(what, sizeof what, "timeout %s", kinds[k].name);
+		if (relay_once(p, kinds[k].slot, what) < 0)
+			return -1;
+		return want_duration(p, (uint32_t *)((char *)r + kinds[k].off));
+	}
+	if (p->tok.type == T_WORD)
+		perr(p, &p->tok, "unknown relay timeout %s (connect, greeting, command or data-end)",
+		     quote(p->tok.text).s);
+	else
+		perr(p, &p->tok, "expected a relay timeout name");
+	return -1;
+}
+
+/* relay lifetime D | retry A..B | connections N | chunk-size SIZE |
+ *       helo NAME | ca "FILE" | timeout KIND D */
+static int d_relay(struct parser *p, const struct token *dir)
+{
+	(void)dir;
+	struct conf_relay *r = &p->c->relay;
+	if (is_kw(p, "lifetime"))
+		return relay_once(p, SEEN_RELAY_LIFETIME, "lifetime") < 0 ? -1
+		       : want_duration(p, &r->lifetime);
+	if (is_kw(p, "retry"))
+		return relay_once(p, SEEN_RELAY_RETRY, "retry") < 0 ? -1 : relay_retry(p, r);
+	if (is_kw(p, "connections"))
+		return relay_once(p, SEEN_RELAY_CONNECTIONS, "connections") < 0
+			       ? -1
+			       : want_u32(p, "relay connections", 1, 10000, &r->connections);
+	if (is_kw(p, "chunk-size")) {
+		if (relay_once(p, SEEN_RELAY_CHUNK_SIZE, "chunk-size") < 0 ||
+		    want_size(p, "relay chunk-size", 1024, &r->chunk_size) < 0)
+			return -1;
+		return 0;
+	}
+	if (is_kw(p, "helo")) {
+		if (relay_once(p, SEEN_RELAY_HELO, "helo") < 0)
+			return -1;
+		if (is_value(p) && !valid_hostname(p->tok.text)) {
+			perr(p, &p->tok, "invalid hostname %s", quote(p->tok.text).s);
+			return -1;
+		}
+		free(r->helo);
+		r->helo = NULL;
+		return want_value(p, "a host name", &r->helo);
+	}
+	if (is_kw(p, "ca")) {
+		if (relay_once(p, SEEN_RELAY_CA, "ca") < 0)
+			return -1;
+		return want_value(p, "a CA file name", &r->ca);
+	}
+	if (is_kw(p, "timeout")) {
+		lex(p);
+		return relay_timeout(p, r);
+	}
+	if (is_kw(p, "via")) {
+		perr(p, &p->tok, "\"relay via\" belongs at the end of an accept rule "
+				 "(or \"bounce relay via\" for DSNs)");
+		return -1;
+	}
+	if (p->tok.type == T_WORD)
+		perr(p, &p->tok,
+		     "unknown relay setting %s (lifetime, retry, connections, chunk-size, helo, ca or timeout)",
+		     quote(p->tok.text).s);
+	else
+		perr(p, &p->tok, "expected a relay setting");
+	return -1;
+}
+
+/* bounce relay via URL[, URL...] [ca FILE | noverify]: where DSNs go. */
+static int d_bounce(struct parser *p, const struct token *dir)
+{
+	if (once(p, SEEN_BOUNCE, dir) < 0)
+		return -1;
+	if (!is_kw(p, "relay")) {
+		perr(p, &p->tok, "expected \"relay\" after \"bounce\"");
+		return -1;
+	}
+	struct token relay_tok = p->tok;
+	lex(p);
+	struct conf_route *r = &p->c->relay.bounce;
+	if (want_route(p, &relay_tok, r) < 0) {
+		route_free(r);
+		return -1;
+	}
+	return 0;
+}
+
 static const struct directive {
 	const char *name;
 	int (*fn)(struct parser *p, const struct token *dir);
@@ -1721,6 +1991,8 @@ static const struct directive {
 	{"min-data-rate", d_min_data_rate},
 	{"metrics", d_metrics},
 	{"control", d_control},
+	{"relay", d_relay},
+	{"bounce", d_bounce},
 };
 
 static int statement(struct parser *p)
@@ -1768,6 +2040,8 @@ static void finish(struct parser *p)
 	}
 	if (!c->spool_dir)
 		c->spool_dir = pstrdup(p, "var/spool");
+	if (!c->relay.helo && c->hostname)
+		c->relay.helo = pstrdup(p, c->hostname);
 	if (!c->control.path && c->spool_dir) {
 		/* next to the spool: one socket per instance, in a 0700 directory.
 		 * A path too long for sun_path is left to the daemon to report. */
@@ -1807,6 +2081,15 @@ static void conf_defaults(struct conf *c)
 	c->control.timeout = CONF_DEFAULT_CONTROL_TIMEOUT;
 	c->segment_size = CONF_DEFAULT_SEGMENT_SIZE;
 	c->ktls = CONF_KTLS_AUTO;
+	c->relay.lifetime = CONF_DEFAULT_RELAY_LIFETIME;
+	c->relay.retry_first = CONF_DEFAULT_RELAY_RETRY_FIRST;
+	c->relay.retry_max = CONF_DEFAULT_RELAY_RETRY_MAX;
+	c->relay.connections = CONF_DEFAULT_RELAY_CONNECTIONS;
+	c->relay.chunk_size = CONF_DEFAULT_RELAY_CHUNK_SIZE;
+	c->relay.timeout_connect = CONF_DEFAULT_RELAY_TIMEOUT_CONNECT;
+	c->relay.timeout_greeting = CONF_DEFAULT_RELAY_TIMEOUT_GREETING;
+	c->relay.timeout_command = CONF_DEFAULT_RELAY_TIMEOUT_COMMAND;
+	c->relay.timeout_data_end = CONF_DEFAULT_RELAY_TIMEOUT_DATA_END;
 }
 
 struct conf *conf_parse(const char *name, const char *text, size_t len, struct buf *errs)
@@ -1884,6 +2167,9 @@ void conf_free(struct conf *c)
 	free(c->listeners);
 	listener_free(&c->metrics);
 	free(c->control.path);
+	route_free(&c->relay.bounce);
+	free(c->relay.helo);
+	free(c->relay.ca);
 	for (size_t i = 0; i < c->npkis; i++) {
 		free(c->pkis[i].name);
 		free(c->pkis[i].cert);

@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 
 #include "buf.h"
+#include "relay_url.h"
 
 enum conf_listener_flag {
 	CONF_LISTEN_TLS = 1 << 0,         /* offer STARTTLS */
@@ -61,6 +62,35 @@ struct conf_table {
 	int line, col;
 };
 
+/* Where a rule's mail goes: "relay via URL[, URL...] [ca "FILE" | noverify]".
+ * The hops are tried in order (fail-over). No hops: the message stays in
+ * the spool for external consumers, never delivered, never deleted. */
+struct conf_route {
+	struct relay_url *hops;
+	size_t nhops;
+	char *ca;                         /* "ca FILE" on the rule, else NULL */
+	bool noverify;                    /* do not check the next hop's certificate */
+	int line, col;                    /* of "relay" */
+};
+
+/* The relay's global settings ("relay ..." and "bounce relay via"). */
+struct conf_relay {
+	struct conf_route bounce;         /* "bounce relay via": where DSNs go; nhops 0:
+	                                     DSNs are routed by the rules */
+	uint32_t lifetime;                /* ms a message may be retried, default 5d */
+	uint32_t retry_first;             /* ms before the first retry, default 1m */
+	uint32_t retry_max;               /* ms, backoff cap, default 4h */
+	uint32_t connections;             /* per next hop per core, default 4 */
+	uint64_t chunk_size;              /* BDAT chunk bytes, default 1M */
+	char *helo;                       /* "relay helo NAME"; default: hostname */
+	char *ca;                         /* "relay ca FILE": default CA for TLS hops */
+	/* timeouts, ms */
+	uint32_t timeout_connect;         /* TCP (and TLS) connect: 30s */
+	uint32_t timeout_greeting;        /* waiting for the 220: 2m */
+	uint32_t timeout_command;         /* each command's reply: 2m */
+	uint32_t timeout_data_end;        /* the reply after the end of data: 5m */
+};
+
 enum conf_from { CONF_FROM_ANY, CONF_FROM_LOCAL, CONF_FROM_AUTHENTICATED, CONF_FROM_TABLE };
 enum conf_for { CONF_FOR_ANY, CONF_FOR_DOMAIN };
 
@@ -70,6 +100,7 @@ struct conf_rule {
 	enum conf_for for_what;
 	char *domain_table;               /* CONF_FOR_DOMAIN */
 	char *recipient_table;            /* "recipient <t>", or NULL */
+	struct conf_route relay;          /* "relay via ...": nhops 0 keeps the mail */
 	int line, col;
 };
 
@@ -132,6 +163,7 @@ struct conf {
 	/* "control socket PATH [max-clients N] [timeout DURATION]": the Unix
 	 * socket mxctl talks to (engine/control.h). */
 	struct conf_control control;
+	struct conf_relay relay;
 };
 
 /* Parse text (name is used in error messages). Table files and relative
@@ -156,6 +188,16 @@ const struct conf_pki *conf_pki_find(const struct conf *c, const char *name);
 #define CONF_MAX_LINE_LENGTH (1u << 20)
 #define CONF_DEFAULT_SEGMENT_SIZE (256ull << 20)
 #define CONF_MAX_CORES 256u
+#define CONF_DEFAULT_RELAY_LIFETIME (5u * 24 * 3600 * 1000)
+#define CONF_DEFAULT_RELAY_RETRY_FIRST (60u * 1000)
+#define CONF_DEFAULT_RELAY_RETRY_MAX (4u * 3600 * 1000)
+#define CONF_DEFAULT_RELAY_CONNECTIONS 4u
+#define CONF_DEFAULT_RELAY_CHUNK_SIZE (1ull << 20)
+#define CONF_DEFAULT_RELAY_TIMEOUT_CONNECT (30u * 1000)
+#define CONF_DEFAULT_RELAY_TIMEOUT_GREETING (2u * 60 * 1000)
+#define CONF_DEFAULT_RELAY_TIMEOUT_COMMAND (2u * 60 * 1000)
+#define CONF_DEFAULT_RELAY_TIMEOUT_DATA_END (5u * 60 * 1000)
+#define CONF_RELAY_MAX_HOPS 16u
 #define CONF_DEFAULT_CONTROL_MAX_CLIENTS 4u
 #define CONF_DEFAULT_CONTROL_TIMEOUT (10u * 1000u)
 #define CONF_CONTROL_SOCKET_NAME "mxd.sock" /* in the spool directory by default */

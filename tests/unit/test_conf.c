@@ -849,6 +849,207 @@ static void test_default_config(const char *srcdir)
 	conf_free(c);
 }
 
+static void test_relay(void)
+{
+	/* defaults */
+	struct conf *c = PARSE_OK("hostname mx.example\naccept from any for any\n");
+	if (c) {
+		CHECK(c->relay.lifetime == 5u * 24 * 3600 * 1000);
+		CHECK(c->relay.retry_first == 60u * 1000);
+		CHECK(c->relay.retry_max == 4u * 3600 * 1000);
+		CHECK(c->relay.connections == 4);
+		CHECK(c->relay.chunk_size == 1u << 20);
+		CHECK(c->relay.timeout_connect == 30u * 1000);
+		CHECK(c->relay.timeout_greeting == 120u * 1000);
+		CHECK(c->relay.timeout_command == 120u * 1000);
+		CHECK(c->relay.timeout_data_end == 300u * 1000);
+		CHECK_STR_EQ(c->relay.helo, "mx.example"); /* the banner's name */
+		CHECK(c->relay.ca == NULL);
+		CHECK(c->relay.bounce.nhops == 0);
+		CHECK(c->rules[0].relay.nhops == 0); /* kept in the spool */
+	}
+	conf_free(c);
+
+	/* every global setting */
+	c = PARSE_OK("relay lifetime 2d\n"
+		     "relay retry 30s..2h\n"
+		     "relay connections 16\n"
+		     "relay chunk-size 256k\n"
+		     "relay helo out.example\n"
+		     "relay ca \"/etc/ssl/certs/ca.pem\"\n"
+		     "relay timeout connect 5s\n"
+		     "relay timeout greeting 1m\n"
+		     "relay timeout command 90s\n"
+		     "relay timeout data-end 10m\n"
+		     "bounce relay via \"smtp://192.0.2.9\", smtp+tls://[2001:db8::9]:587 noverify\n");
+	if (c) {
+		CHECK(c->relay.lifetime == 2u * 24 * 3600 * 1000);
+		CHECK(c->relay.retry_first == 30u * 1000 && c->relay.retry_max == 2u * 3600 * 1000);
+		CHECK(c->relay.connections == 16);
+		CHECK(c->relay.chunk_size == 256u << 10);
+		CHECK_STR_EQ(c->relay.helo, "out.example");
+		CHECK_STR_EQ(c->relay.ca, "/etc/ssl/certs/ca.pem");
+		CHECK(c->relay.timeout_connect == 5000 && c->relay.timeout_greeting == 60000);
+		CHECK(c->relay.timeout_command == 90000 && c->relay.timeout_data_end == 600000);
+		CHECK(c->relay.bounce.nhops == 2);
+		if (c->relay.bounce.nhops == 2) {
+			CHECK_STR_EQ(c->relay.bounce.hops[0].text, "smtp://192.0.2.9:25");
+			CHECK_STR_EQ(c->relay.bounce.hops[1].text, "smtp+tls://[2001:db8::9]:587");
+		}
+		CHECK(c->relay.bounce.noverify && !c->relay.bounce.ca);
+		CHECK(c->relay.bounce.line == 11 && c->relay.bounce.col == 8);
+	}
+	conf_free(c);
+
+	/* routes on accept rules: one hop, fail-over in order, ca, noverify */
+	c = PARSE_OK("table domains { example.com }\n"
+		     "accept from any for domain <domains> relay via \"lmtp://127.0.0.1:24\"\n"
+		     "accept from local for domain example.org relay via lmtp:/run/dovecot/lmtp\n"
+		     "accept from authenticated for any relay via \"smtp://10.0.0.1:25\", "
+		     "\"smtp://10.0.0.2:25\"\n"
+		     "accept from any for domain b.example relay via smtp+tls://10.0.0.3 ca \"c.pem\"\n"
+		     "accept from any for domain c.example relay via smtps://[::1]:4650 noverify\n"
+		     "accept from any for domain d.example recipient <domains> relay via smtp://[::1]\n"
+		     "accept from any for domain e.example\n");
+	CHECK(c && c->nrules == 7);
+	if (c && c->nrules == 7) {
+		const struct conf_rule *r = c->rules;
+		CHECK(r[0].relay.nhops == 1 && r[0].relay.hops[0].proto == RELAY_PROTO_LMTP);
+		CHECK_STR_EQ(r[0].relay.hops[0].text, "lmtp://127.0.0.1:24");
+		CHECK(r[0].relay.line == 2 && r[0].relay.col == 38);
+		CHECK(r[1].relay.nhops == 1 && r[1].relay.hops[0].unix_socket);
+		CHECK_STR_EQ(r[1].relay.hops[0].path, "/run/dovecot/lmtp");
+		CHECK(r[2].relay.nhops == 2);
+		if (r[2].relay.nhops == 2) {
+			CHECK_STR_EQ(r[2].relay.hops[0].text, "smtp://10.0.0.1:25");
+			CHECK_STR_EQ(r[2].relay.hops[1].text, "smtp://10.0.0.2:25");
+		}
+		CHECK(r[3].relay.hops[0].tls == RELAY_TLS_STARTTLS);
+		CHECK_STR_EQ(r[3].relay.ca, "c.pem");
+		CHECK(!r[3].relay.noverify);
+		CHECK(r[4].relay.hops[0].tls == RELAY_TLS_IMPLICIT && r[4].relay.noverify);
+		CHECK_STR_EQ(r[5].recipient_table, "domains");
+		CHECK_STR_EQ(r[5].relay.hops[0].text, "smtp://[::1]:25");
+		CHECK(r[6].relay.nhops == 0);
+	}
+	conf_free(c);
+	/* sixteen hops at most */
+	{
+		char text[4096] = "accept from any for any relay via smtp://10.0.0.1";
+		for (int i = 2; i <= 16; i++)
+			snprintf(text + strlen(text), sizeof text - strlen(text), ", smtp://10.0.0.%d", i);
+		strcat(text, "\n");
+		c = PARSE_OK(text);
+		CHECK(c && c->rules[0].relay.nhops == 16);
+		conf_free(c);
+		size_t col = strlen(text) + 2; /* where the 17th starts, after ", " */
+		text[strlen(text) - 1] = '\0';
+		strcat(text, ", smtp://10.0.0.17\n");
+		char want[128];
+		snprintf(want, sizeof want, "mxd.conf:1:%zu: more than 16 next hops\n", col);
+		PARSE_ERR(text, want);
+	}
+
+	/* errors in routes, at the byte they are about */
+	PARSE_ERR("accept from any for any relay\n", "mxd.conf:1:30: expected \"via\" after \"relay\"\n");
+	PARSE_ERR("accept from any for any relay to smtp://1.2.3.4\n",
+		  "mxd.conf:1:31: expected \"via\" after \"relay\"\n");
+	PARSE_ERR("accept from any for any relay via\n", "mxd.conf:1:34: expected a next-hop URL\n");
+	PARSE_ERR("accept from any for any relay via \"\"\n", "mxd.conf:1:35: expected a next-hop URL\n");
+	PARSE_ERR("accept from any for any relay via smtp://1.2.3.4,\n",
+		  "mxd.conf:1:50: expected a next-hop URL\n");
+	PARSE_ERR("accept from any for any relay via http://1.2.3.4\n",
+		  "mxd.conf:1:35: invalid next hop \"http://1.2.3.4\": unknown next-hop scheme "
+		  "(lmtp://, lmtp:/socket, smtp://, smtp+tls:// or smtps://)\n");
+	PARSE_ERR("accept from any for any relay via smtp://mx.example.com\n",
+		  "mxd.conf:1:42: invalid next hop \"smtp://mx.example.com\": the host must be an IP "
+		  "address literal or localhost (mxd makes no DNS lookups)\n");
+	PARSE_ERR("accept from any for any relay via \"smtp://1.2.3.4:70000\"\n",
+		  "mxd.conf:1:51: invalid next hop \"smtp://1.2.3.4:70000\": port out of range\n");
+	PARSE_ERR("accept from any for any relay via smtp://10.0.0.1, smtp://[::1]:x\n",
+		  "mxd.conf:1:65: invalid next hop \"smtp://[::1]:x\": expected a port number after "
+		  "\":\"\n");
+	PARSE_ERR("accept from any for any relay via smtp://10.0.0.1, smtp://10.0.0.1:25\n",
+		  "mxd.conf:1:52: next hop \"smtp://10.0.0.1:25\" given twice\n");
+	PARSE_ERR("accept from any for any relay via smtp://10.0.0.1 ca \"x.pem\"\n",
+		  "mxd.conf:1:51: \"ca\" needs an smtp+tls:// or smtps:// next hop\n");
+	PARSE_ERR("accept from any for any relay via lmtp://10.0.0.1 noverify\n",
+		  "mxd.conf:1:51: \"noverify\" needs an smtp+tls:// or smtps:// next hop\n");
+	PARSE_ERR("accept from any for any relay via smtps://10.0.0.1 ca x.pem noverify\n",
+		  "mxd.conf:1:61: \"noverify\" conflicts with \"ca\"\n");
+	PARSE_ERR("accept from any for any relay via smtps://10.0.0.1 noverify noverify\n",
+		  "mxd.conf:1:61: duplicate option \"noverify\"\n");
+	PARSE_ERR("accept from any for any relay via smtps://10.0.0.1 ca\n",
+		  "mxd.conf:1:54: expected a CA file name\n");
+	PARSE_ERR("accept from any for any relay via smtps://10.0.0.1 verify\n",
+		  "mxd.conf:1:52: unexpected \"verify\"\n");
+	PARSE_ERR("accept from any for any relay via smtp://10.0.0.1 relay via smtp://10.0.0.2\n",
+		  "mxd.conf:1:51: unexpected \"relay\"\n");
+
+	/* errors in global settings */
+	PARSE_ERR("relay\n", "mxd.conf:1:6: expected a relay setting\n");
+	PARSE_ERR("relay speed 1\n",
+		  "mxd.conf:1:7: unknown relay setting \"speed\" (lifetime, retry, connections, "
+		  "chunk-size, helo, ca or timeout)\n");
+	PARSE_ERR("relay via smtp://1.2.3.4\n",
+		  "mxd.conf:1:7: \"relay via\" belongs at the end of an accept rule (or \"bounce relay "
+		  "via\" for DSNs)\n");
+	PARSE_ERR("relay lifetime\n", "mxd.conf:1:15: expected a duration\n");
+	PARSE_ERR("relay lifetime 5 days\n", "mxd.conf:1:18: unexpected \"days\"\n");
+	PARSE_ERR("relay lifetime 5x\n",
+		  "mxd.conf:1:16: invalid duration \"5x\" (a number with ms, s, m, h or d)\n");
+	PARSE_ERR("relay lifetime 0d\n", "mxd.conf:1:16: a duration must be longer than 0\n");
+	PARSE_ERR("relay lifetime 50d\n",
+		  "mxd.conf:1:16: invalid duration \"50d\" (a number with ms, s, m, h or d)\n");
+	PARSE_ERR("relay lifetime 1d\nrelay lifetime 2d\n",
+		  "mxd.conf:2:7: duplicate \"relay lifetime\" (first set on line 1)\n");
+	PARSE_ERR("relay retry 1m\n", "mxd.conf:1:13: expected FIRST..MAX retry delays (e.g. 1m..4h)\n");
+	PARSE_ERR("relay retry\n", "mxd.conf:1:12: expected FIRST..MAX retry delays (e.g. 1m..4h)\n");
+	PARSE_ERR("relay retry 1m..\n",
+		  "mxd.conf:1:13: invalid retry delays \"1m..\" (durations above 0, e.g. 1m..4h)\n");
+	PARSE_ERR("relay retry 0s..4h\n",
+		  "mxd.conf:1:13: invalid retry delays \"0s..4h\" (durations above 0, e.g. 1m..4h)\n");
+	PARSE_ERR("relay retry 5h..4h\n", "mxd.conf:1:13: first retry delay longer than the maximum\n");
+	PARSE_ERR("relay retry 1m..1h\nrelay retry 1m..1h\n",
+		  "mxd.conf:2:7: duplicate \"relay retry\" (first set on line 1)\n");
+	PARSE_ERR("relay connections 0\n", "mxd.conf:1:19: relay connections below 1\n");
+	PARSE_ERR("relay connections 10001\n", "mxd.conf:1:19: relay connections above 10000\n");
+	PARSE_ERR("relay connections many\n", "mxd.conf:1:19: expected a number\n");
+	PARSE_ERR("relay chunk-size 1000\n", "mxd.conf:1:18: relay chunk-size below 1024 bytes\n");
+	PARSE_ERR("relay chunk-size 1q\n",
+		  "mxd.conf:1:18: invalid size \"1q\" (a number with k, M or G)\n");
+	PARSE_ERR("relay helo bad/name\n", "mxd.conf:1:12: invalid hostname \"bad/name\"\n");
+	PARSE_ERR("relay helo\n", "mxd.conf:1:11: expected a host name\n");
+	PARSE_ERR("relay helo a.example\nrelay helo b.example\n",
+		  "mxd.conf:2:7: duplicate \"relay helo\" (first set on line 1)\n");
+	PARSE_ERR("relay ca\n", "mxd.conf:1:9: expected a CA file name\n");
+	PARSE_ERR("relay ca a\nrelay ca b\n", "mxd.conf:2:7: duplicate \"relay ca\" (first set on line 1)\n");
+	PARSE_ERR("relay timeout\n", "mxd.conf:1:14: expected a relay timeout name\n");
+	PARSE_ERR("relay timeout data 1m\n",
+		  "mxd.conf:1:15: unknown relay timeout \"data\" (connect, greeting, command or "
+		  "data-end)\n");
+	PARSE_ERR("relay timeout connect 0s\n", "mxd.conf:1:23: a duration must be longer than 0\n");
+	PARSE_ERR("relay timeout command 1m\nrelay timeout command 2m\n",
+		  "mxd.conf:2:15: duplicate \"relay timeout command\" (first set on line 1)\n");
+	/* the server's timeouts and the relay's are separate settings */
+	c = PARSE_OK("timeout command 1m\nrelay timeout command 2m\n");
+	CHECK(c && c->timeouts.command == 60000 && c->relay.timeout_command == 120000);
+	conf_free(c);
+	PARSE_ERR("bounce\n", "mxd.conf:1:7: expected \"relay\" after \"bounce\"\n");
+	PARSE_ERR("bounce relay\n", "mxd.conf:1:13: expected \"via\" after \"relay\"\n");
+	PARSE_ERR("bounce relay via smtp://1.2.3.4 noverify\n",
+		  "mxd.conf:1:33: \"noverify\" needs an smtp+tls:// or smtps:// next hop\n");
+	PARSE_ERR("bounce relay via smtp://1.2.3.4\nbounce relay via smtp://1.2.3.5\n",
+		  "mxd.conf:2:1: duplicate \"bounce\" (first set on line 1)\n");
+	/* several errors in one run, each at its place */
+	c = parse("relay lifetime 0s\naccept from any for any relay via smtp://x\nrelay retry 2m..1m\n");
+	CHECK(c == NULL);
+	CHECK_STR_EQ(errtext, "mxd.conf:1:16: a duration must be longer than 0\n"
+			      "mxd.conf:2:42: invalid next hop \"smtp://x\": the host must be an IP "
+			      "address literal or localhost (mxd makes no DNS lookups)\n"
+			      "mxd.conf:3:13: first retry delay longer than the maximum\n");
+}
+
 int main(void)
 {
 	buf_init(&errs, 1 << 20);
@@ -875,6 +1076,7 @@ int main(void)
 	test_listen();
 	test_tables();
 	test_accept();
+	test_relay();
 	test_limits();
 	test_ktls();
 	test_abuse_settings();
