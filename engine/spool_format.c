@@ -2,6 +2,7 @@
  * start-up recovery that checks them. Pure encode/decode plus blocking
  * file I/O for recovery; the hot-path writer is spool_writer.c. */
 #include "spool.h"
+#include "le.h"
 
 #include <assert.h>
 #include <dirent.h>
@@ -21,41 +22,6 @@
 #include <nmmintrin.h>
 #define MXD_CRC_SSE42 1
 #endif
-
-/* ---- little-endian fixed-width integers ---- */
-
-static void put_u16(uint8_t *p, uint16_t v)
-{
-	p[0] = (uint8_t)v;
-	p[1] = (uint8_t)(v >> 8);
-}
-
-static void put_u32(uint8_t *p, uint32_t v)
-{
-	for (int i = 0; i < 4; i++)
-		p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void put_u64(uint8_t *p, uint64_t v)
-{
-	for (int i = 0; i < 8; i++)
-		p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint16_t get_u16(const uint8_t *p)
-{
-	return (uint16_t)(p[0] | (p[1] << 8));
-}
-
-static uint32_t get_u32(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static uint64_t get_u64(const uint8_t *p)
-{
-	return (uint64_t)get_u32(p) | (uint64_t)get_u32(p + 4) << 32;
-}
 
 /* ---- CRC32C ---- */
 
