@@ -48,6 +48,11 @@ SANITIZER_RE = re.compile(
 QUEUED_RE = re.compile(rb"queued as ([0-9A-Fa-f]{16})\b")
 ID_RE = re.compile(r"^([0-9A-Fa-f]{16})\b")
 
+# What a load balancer's health check sends first on a proxy-v2 / proxy-v1
+# listener (HAProxy's own bytes): "no client, use the connection's address".
+PROXY_V2_LOCAL = b"\r\n\r\n\x00\r\nQUIT\n\x20\x00\x00\x00"
+PROXY_V1_UNKNOWN = b"PROXY UNKNOWN\r\n"
+
 
 def free_port(family=socket.AF_INET, host="127.0.0.1"):
     """A TCP port nobody listens on right now."""
@@ -107,6 +112,7 @@ class Mxd:
         self.proc = None
         self.stderr_path = None
         self.stderr_file = None
+        self.netns = None   # a network namespace name: run inside it (ip netns exec)
         self.write_config(**config_kw)
 
     # -- config -----------------------------------------------------------
@@ -127,8 +133,11 @@ class Mxd:
         self.stderr_path = os.path.join(
             logdir, "%s.%d.%d.stderr" % (self.name, os.getpid(), Mxd._serial))
         self.stderr_file = open(self.stderr_path, "wb")
+        cmd = [MXD_BIN, "-f", self.config_path]
+        if self.netns:
+            cmd = ["ip", "netns", "exec", self.netns] + cmd  # execs mxd: same pid
         self.proc = subprocess.Popen(
-            [MXD_BIN, "-f", self.config_path],
+            cmd,
             cwd=self.workdir, stdin=subprocess.DEVNULL,
             stdout=self.stderr_file, stderr=subprocess.STDOUT)
         if wait:
@@ -136,10 +145,14 @@ class Mxd:
         return self
 
     def wait_ready(self, probe=None, timeout=15.0):
-        """Until every listener accepts and sends a 220 greeting."""
+        """Until every listener accepts and sends a 220 greeting. A probe
+        target is (host, port) or (host, port, bytes to send first), e.g.
+        PROXY_V2_LOCAL for a proxy-v2 listener."""
         deadline = time.monotonic() + timeout * SLOW
         targets = probe or [("127.0.0.1", p) for p in self.ports]
-        for host, port in targets:
+        for target in targets:
+            host, port = target[:2]
+            first = target[2] if len(target) > 2 else b""
             while True:
                 if self.proc.poll() is not None:
                     raise AssertionError("mxd exited with %r before it was ready:\n%s"
@@ -149,6 +162,8 @@ class Mxd:
                     with socket.socket(fam, socket.SOCK_STREAM) as s:
                         s.settimeout(2 * SLOW)
                         s.connect((host, port))
+                        if first:
+                            s.sendall(first)
                         greeting = _read_line(s)
                         if not greeting.startswith(b"220"):
                             raise AssertionError("greeting was %r" % greeting)
