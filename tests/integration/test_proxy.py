@@ -3,7 +3,8 @@ client address from the header is what policy, limits, logs and Received:
 see; SMTP bytes right behind the header are not swallowed; a missing or
 malformed header closes the connection without a word.
 
-(A test against a real HAProxy with send-proxy-v2 comes with the farm test.)
+test_haproxy.py does the same behind a real HAProxy (send-proxy-v2 and
+send-proxy, health checks, STARTTLS); test_farm.py runs two nodes behind it.
 """
 
 import socket
