@@ -390,7 +390,15 @@ static bool from_matches(const struct prule *r, const struct smtp_peer *peer)
 enum policy_verdict policy_check_rcpt(const struct policy *p, const struct smtp_peer *peer,
 				      const char *rcpt)
 {
+	return policy_match_rcpt(p, peer, rcpt, NULL);
+}
+
+enum policy_verdict policy_match_rcpt(const struct policy *p, const struct smtp_peer *peer,
+				      const char *rcpt, long *rule)
+{
 	assert(p && rcpt);
+	if (rule)
+		*rule = -1;
 	const char *at = strrchr(rcpt, '@');
 	/* RFC 5321 4.5.1: bare "postmaster" is always one of ours. */
 	bool postmaster = !at && eq_lower("postmaster", rcpt);
@@ -401,6 +409,8 @@ enum policy_verdict policy_check_rcpt(const struct policy *p, const struct smtp_
 		if (r->for_what == CONF_FOR_DOMAIN && !postmaster &&
 		    !(at && set_has(r->domains, at + 1)))
 			continue;
+		if (rule)
+			*rule = (long)i;
 		if (!r->recipients || postmaster)
 			return POLICY_ACCEPT;
 		/* The full address, or "@domain" as the domain's catch-all. */
@@ -416,4 +426,19 @@ bool policy_addr_in_table(const struct policy *p, const char *table,
 {
 	const struct ptable *t = ptable_find(p, table);
 	return t && t->is_addr && nets_have(t, addr);
+}
+
+bool policy_is_loopback(const struct sockaddr_storage *ss)
+{
+	if (ss->ss_family == AF_INET) {
+		const struct sockaddr_in *in = (const struct sockaddr_in *)ss;
+		return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+	}
+	if (ss->ss_family == AF_INET6) {
+		const struct in6_addr *a = &((const struct sockaddr_in6 *)ss)->sin6_addr;
+		if (IN6_IS_ADDR_LOOPBACK(a))
+			return true;
+		return IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127;
+	}
+	return false;
 }

@@ -29,6 +29,15 @@ void policy_free(struct policy *p);
 enum policy_verdict policy_check_rcpt(const struct policy *p, const struct smtp_peer *peer,
 				      const char *rcpt);
 
+/* The same, and which rule decided: its index in the config's rules (the
+ * policy keeps their order), or -1 when none matched. A rule that matched
+ * FROM and FOR but not its recipient table decides too (UNKNOWN_USER). */
+enum policy_verdict policy_match_rcpt(const struct policy *p, const struct smtp_peer *peer,
+				      const char *rcpt, long *rule);
+
+/* Does "from local" take this client address? (127/8, ::1, ::ffff:127/104) */
+bool policy_is_loopback(const struct sockaddr_storage *ss);
+
 /* Is text an address or CIDR network a "from <table>" may hold?
  * ("192.0.2.0/24", "2001:db8::/32", "203.0.113.7", "[::1]"). The parser
  * uses it to report bad entries with its other errors. */
