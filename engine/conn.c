@@ -189,6 +189,17 @@ static void log_reject(void *ctx, const char *command, const char *reply)
 	metrics_count_reject(&c->core->metrics, reply);
 }
 
+/* The state machine asks at each MAIL; a yes is a refusal, counted here
+ * (the reject hook logs it). */
+static bool session_paused(void *ctx)
+{
+	struct conn *c = ctx;
+	if (!atomic_load_explicit(&g_daemon.paused, memory_order_relaxed))
+		return false;
+	METRICS_INC(c->core->metrics.refused[METRICS_REFUSED_PAUSED]);
+	return true;
+}
+
 static void log_accepted(struct conn *c)
 {
 	const struct smtp_envelope *env = &c->smtp.env;
@@ -465,7 +476,33 @@ static bool session_takes_input(const struct conn *c)
 
 /* Run the state machine over data; returns how many bytes it took. It
  * stops early when a message waits for the spool. */
+/* At debug level, the replies the session just wrote, a line each
+ * (replies only: commands may carry AUTH secrets). */
+static void log_debug_replies(const struct conn *c, size_t from)
+{
+	if (log_get_level() < LOG_DEBUG || from >= c->out.len)
+		return;
+	const char *p = c->out.data + from, *end = c->out.data + c->out.len;
+	while (p < end) {
+		const char *nl = memchr(p, '\n', (size_t)(end - p));
+		size_t n = nl ? (size_t)(nl - p) : (size_t)(end - p);
+		size_t shown = n > 0 && p[n - 1] == '\r' ? n - 1 : n;
+		log_debug("session=%s reply \"%.*s\"", c->sid, (int)(shown < 200 ? shown : 200), p);
+		p += n + 1;
+	}
+}
+
+static size_t conn_feed_session(struct conn *c, const char *data, size_t len);
+
 static size_t conn_feed(struct conn *c, const char *data, size_t len)
+{
+	size_t from = c->out.len;
+	size_t used = conn_feed_session(c, data, len);
+	log_debug_replies(c, from);
+	return used;
+}
+
+static size_t conn_feed_session(struct conn *c, const char *data, size_t len)
 {
 	size_t off = 0;
 	while (off < len && session_takes_input(c)) {
@@ -654,6 +691,25 @@ static void conn_refuse(struct conn *c, enum clients_refusal why)
 	conn_close_after_flush(c, "connection limit");
 }
 
+/* Paused (mxctl pause): a new connection is told so and closed; on an
+ * smtps listener, where no plaintext word may come first, it is closed
+ * without one. */
+static void conn_refuse_paused(struct conn *c, bool smtps)
+{
+	static const char reply[] = "421 4.3.2 %s Service paused, try again later";
+	char text[300];
+	snprintf(text, sizeof text, reply, conn_conf(c)->hostname);
+	log_info("session=%s reject client=%s command=CONNECT reply=\"%s\"%s", c->sid,
+		 c->peer.addr_str, text, smtps ? " (smtps: closed without a reply)" : "");
+	METRICS_INC(c->core->metrics.refused[METRICS_REFUSED_PAUSED]);
+	if (smtps) {
+		conn_abort(c, "paused");
+		return;
+	}
+	buf_printf(&c->out, "%s\r\n", text);
+	conn_close_after_flush(c, "paused");
+}
+
 /* The session proper starts once the client's address is known: at once,
  * or after the PROXY header. `early` holds bytes that came behind that
  * header. */
@@ -665,6 +721,11 @@ static void conn_begin(struct conn *c, const char *early, size_t early_len)
 	log_info("session=%s open client=%s port=%u listener=%s:%u%s%s", c->sid, c->peer.addr_str,
 		 c->peer.port, l->addr_text, l->port, c->proxy_via[0] ? " via=" : "",
 		 c->proxy_via);
+	if (atomic_load_explicit(&g_daemon.paused, memory_order_relaxed) && !core->draining) {
+		conn_refuse_paused(c, l->flags & CONF_LISTEN_SMTPS);
+		conn_flush(c);
+		return;
+	}
 	enum clients_refusal why = clients_admit(&c->peer.addr, conf->max_connections,
 						 conf->max_connections_per_client);
 	if (why != CLIENTS_ADMITTED) {
@@ -673,7 +734,7 @@ static void conn_begin(struct conn *c, const char *early, size_t early_len)
 		return;
 	}
 	c->admitted = true;
-	struct smtp_hooks hooks = {.ctx = c, .reject = log_reject};
+	struct smtp_hooks hooks = {.ctx = c, .reject = log_reject, .paused = session_paused};
 	smtp_session_init(&c->smtp, &c->view->snap->smtp[c->listener], &c->peer, c->line, hooks);
 	bool smtps = l->flags & CONF_LISTEN_SMTPS;
 	if (core->draining && smtps) {
@@ -770,6 +831,43 @@ void conn_accept(struct core *core, unsigned listener, int fd)
 			  PROXY_TLV_MAX_DEFAULT);
 	c->deadline_ms = core->now_ms + conf->timeouts.command;
 	conn_arm_recv(c);
+}
+
+/* ---- description (mxctl sessions) ---- */
+
+static const char *conn_state_name(const struct conn *c)
+{
+	if (c->proxy_pending)
+		return "proxy";
+	if (c->closing)
+		return "closing";
+	if (c->greeting_pending)
+		return "greeting-delay";
+	if (c->tls_mode == CONN_TLS_HANDSHAKE)
+		return "tls-handshake";
+	if (c->tls_mode == CONN_TLS_KTLS_SWITCH)
+		return "ktls-switch";
+	if (!c->admitted)
+		return "connect";
+	return smtp_state_name(&c->smtp);
+}
+
+void conn_describe(const struct conn *c, struct buf *out)
+{
+	bool v6 = c->peer.addr.ss_family == AF_INET6;
+	const char *tls_where = c->tls_mode == CONN_TLS_KTLS ? "ktls" : "userspace";
+	char tls[128];
+	if (c->peer.tls)
+		snprintf(tls, sizeof tls, "%s/%s/%s", c->peer.tls_version, c->peer.tls_cipher,
+			 tls_where);
+	else
+		snprintf(tls, sizeof tls, "%s",
+			 c->tls_mode == CONN_TLS_HANDSHAKE ? "handshake" : "none");
+	buf_printf(out, "core=%u session=%s client=%s%s%s:%u state=%s tls=%s age=%llu bytes_in=%llu\n",
+		   c->core->index, c->sid, v6 ? "[" : "", c->peer.addr_str, v6 ? "]" : "",
+		   c->peer.port, conn_state_name(c), tls,
+		   (unsigned long long)((c->core->now_ms - c->opened_ms) / 1000),
+		   (unsigned long long)c->rx_bytes);
 }
 
 /* ---- the spool's answer ---- */

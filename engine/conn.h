@@ -97,6 +97,9 @@ void conn_tick(struct conn *c);
  * transaction finish it first. `force`: the drain deadline passed. */
 void conn_drain(struct conn *c, bool force);
 void conn_free_pool(struct core *core);
+/* One line for mxctl sessions: core, session id, client, state, TLS, age,
+ * bytes in; on the core's own thread. */
+void conn_describe(const struct conn *c, struct buf *out);
 
 /* ---- shared by conn.c and conn_tls.c only ---- */
 /* Plaintext from the client into the session (buffers what it cannot take). */

@@ -13,6 +13,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "core_query.h"
 #include "metrics.h"
 #include "snapshot.h"
 #include "spool_writer.h"
@@ -88,6 +89,7 @@ struct core {
 
 	uint64_t sessions_by_path[3]; /* closed sessions: plaintext, userspace TLS, kTLS */
 	struct core_metrics metrics;  /* written by this core only, read by the scraper */
+	struct core_query query;      /* the control socket's questions (core_query.h) */
 
 	uint64_t now_ms;              /* monotonic, read once per loop turn */
 	bool draining;
@@ -101,6 +103,7 @@ struct daemon {
 	unsigned ncores;
 	struct core *cores;
 	atomic_bool draining;
+	atomic_bool paused;           /* control "pause": new mail gets 421 4.3.2 */
 	const char *config_path;
 };
 

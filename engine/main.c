@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "control.h"
 #include "core.h"
 #include "ktls.h"
 #include "log.h"
@@ -278,7 +279,7 @@ static int reload(struct snapshot **current, struct buf *reply)
 
 /* ---- the main thread's event loop ----
  *
- * The main thread owns the signals and (later) the control socket. Signals
+ * The main thread owns the signals and the control socket. Signals
  * are blocked in every thread and read from a signalfd, so a signal is
  * handled here, in the loop, like any other event: poll(2) waits on the
  * signalfd and any other descriptor the loop serves. */
@@ -289,8 +290,8 @@ static int reload(struct snapshot **current, struct buf *reply)
 static const int handled_signals[] = {SIGTERM, SIGINT, SIGHUP};
 #define NHANDLED_SIGNALS (sizeof handled_signals / sizeof handled_signals[0])
 
-/* poll(2) slots: the signalfd, then whatever else the loop serves. */
-#define MAIN_POLL_MAX 64
+/* poll(2) slots: the signalfd, then the control socket's. */
+#define MAIN_POLL_MAX (1 + CONTROL_POLLFDS_MAX)
 
 enum loop_next { LOOP_CONTINUE, LOOP_DRAIN };
 
@@ -367,7 +368,9 @@ static int main_loop(struct snapshot **current)
 		struct pollfd pfd[MAIN_POLL_MAX];
 		unsigned n = 0;
 		pfd[n++] = (struct pollfd){.fd = sfd, .events = POLLIN};
-		int rc = poll(pfd, n, -1);
+		unsigned nctl = control_pollfds(&pfd[n], MAIN_POLL_MAX - n);
+		n += nctl;
+		int rc = poll(pfd, n, control_timeout_ms());
 		if (rc < 0) {
 			if (errno == EINTR)
 				continue;
@@ -377,9 +380,24 @@ static int main_loop(struct snapshot **current)
 		}
 		if (pfd[0].revents)
 			next = read_signals(sfd, current);
+		if (next == LOOP_CONTINUE)
+			control_service(&pfd[1], nctl);
 	}
 	close(sfd);
+	control_close(); /* nobody serves it while the cores drain */
 	return drain_cores();
+}
+
+/* ---- what the control socket asks of the daemon ---- */
+
+static int control_reload(void *ctx, struct buf *reply)
+{
+	return reload(ctx, reply);
+}
+
+static const struct snapshot *control_current(void *ctx)
+{
+	return *(struct snapshot **)ctx;
 }
 
 static void block_signals(void)
@@ -421,6 +439,7 @@ int main(int argc, char **argv)
 	g_daemon.ncores = ncores;
 	g_daemon.config_path = opt.config_path;
 	atomic_init(&g_daemon.draining, false);
+	atomic_init(&g_daemon.paused, false);
 
 	uint64_t *next_seq = calloc(ncores, sizeof *next_seq);
 	int *fds = calloc((size_t)ncores * c->nlisteners, sizeof *fds);
@@ -442,6 +461,14 @@ int main(int argc, char **argv)
 	/* before the cores run, so a metrics port in use stops start-up
 	 * with nothing accepted yet */
 	if (c->metrics.addr_text && metrics_server_start(&c->metrics, g_daemon.cores, ncores) < 0)
+		return 1;
+	struct control_ops ops = {
+		.ctx = &snap,
+		.reload = control_reload,
+		.current = control_current,
+		.upgrade = NULL, /* no binary upgrade in this build */
+	};
+	if (control_open(&c->control, &ops) < 0)
 		return 1;
 	for (unsigned i = 0; i < ncores; i++)
 		if (core_start(&g_daemon.cores[i]) < 0)

@@ -91,7 +91,7 @@ enum metrics_tls_version metrics_tls_version(const char *name)
 
 #define LOAD(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
 
-static uint64_t sum_field(const struct core *cores, unsigned n, size_t offset)
+uint64_t metrics_sum(const struct core *cores, unsigned n, size_t offset)
 {
 	uint64_t t = 0;
 	for (unsigned i = 0; i < n; i++) {
@@ -101,7 +101,7 @@ static uint64_t sum_field(const struct core *cores, unsigned n, size_t offset)
 	return t;
 }
 
-#define SUM(field) sum_field(cores, n, offsetof(struct core_metrics, field))
+#define SUM(field) metrics_sum(cores, n, offsetof(struct core_metrics, field))
 
 static void header(struct buf *out, const char *name, const char *type, const char *help)
 {
@@ -115,12 +115,12 @@ static void histogram(struct buf *out, const struct core *cores, unsigned n, con
 	header(out, name, "histogram", help);
 	uint64_t cum = 0;
 	for (unsigned b = 0; b < nbuckets; b++) {
-		cum += sum_field(cores, n, offset + offsetof(struct metrics_histogram, bucket) +
+		cum += metrics_sum(cores, n, offset + offsetof(struct metrics_histogram, bucket) +
 						   b * sizeof(uint64_t));
 		buf_printf(out, "%s_bucket{le=\"%s\"} %llu\n", name, le[b], (unsigned long long)cum);
 	}
-	uint64_t sum = sum_field(cores, n, offset + offsetof(struct metrics_histogram, sum));
-	uint64_t count = sum_field(cores, n, offset + offsetof(struct metrics_histogram, count));
+	uint64_t sum = metrics_sum(cores, n, offset + offsetof(struct metrics_histogram, sum));
+	uint64_t count = metrics_sum(cores, n, offset + offsetof(struct metrics_histogram, count));
 	/* Counters of one core are read one by one while it runs: the +Inf
 	 * bucket may lag _count by an increment. Report the larger so the
 	 * exposition stays consistent (+Inf == _count). */
@@ -143,7 +143,7 @@ int metrics_render(struct buf *out, const struct core *cores, unsigned n)
 	buf_printf(out, "mxd_connections_open %llu\n", (unsigned long long)SUM(connections_open));
 
 	static const char *const refusal[METRICS_REFUSED_COUNT] = {
-		"connection_limit", "early_talker", "bad_proxy_header"};
+		"connection_limit", "early_talker", "bad_proxy_header", "paused"};
 	header(out, "mxd_connections_refused_total", "counter",
 	       "Connections refused before the SMTP session, by reason.");
 	for (unsigned r = 0; r < METRICS_REFUSED_COUNT; r++)

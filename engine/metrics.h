@@ -19,6 +19,7 @@ enum metrics_refusal {
 	METRICS_REFUSED_CONN_LIMIT,
 	METRICS_REFUSED_EARLY_TALKER,
 	METRICS_REFUSED_BAD_PROXY,
+	METRICS_REFUSED_PAUSED,       /* mxctl pause: at connect or at MAIL */
 	METRICS_REFUSED_COUNT,
 };
 
@@ -84,6 +85,11 @@ enum metrics_tls_version metrics_tls_version(const char *name);
 /* Scraper: the Prometheus text exposition of the sum over n cores. */
 struct core;
 int metrics_render(struct buf *out, const struct core *cores, unsigned n);
+/* One uint64_t of struct core_metrics (at offset) summed over n cores, as
+ * the scrape sums it (relaxed loads). */
+uint64_t metrics_sum(const struct core *cores, unsigned n, size_t offset);
+#define METRICS_SUM(cores, n, field) \
+	metrics_sum(cores, n, offsetof(struct core_metrics, field))
 
 /* Serving thread: started by main when "metrics listen on" is configured.
  * metrics_server_start binds (errors logged, -1); stop closes the socket
