@@ -1,13 +1,22 @@
 /* mxspool: the reference reader of mxd's spool (format in engine/spool.h).
  *
- *   mxspool [-d DIR] list
+ *   mxspool [-d DIR] [-f CONFIG] list
  *   mxspool [-d DIR] cat [--envelope] ID
- *   mxspool [-d DIR] show ID
+ *   mxspool [-d DIR] [-f CONFIG] show ID
  *   mxspool [-d DIR] verify
  *   mxspool [-d DIR] export --maildir OUT
+ *   mxspool [-d DIR] retry ID | drop ID
  *
- * It only reads the spool (segments are mapped read-only; nothing is ever
- * truncated or rewritten), so it is safe next to a running mxd: the writer
+ * list and show give each message's delivery state from the delivery log
+ * beside its segment (<seq>.dlv, engine/delivery_state.h); with -f they
+ * also evaluate the config's accept rules to tell mail that no rule
+ * relays ("kept", for external consumers) from mail waiting to go.
+ * retry and drop never write the delivery log: they leave a request file
+ * (engine/delivery_request.h) that the core owning the message takes.
+ *
+ * Otherwise it only reads the spool (segments are mapped read-only;
+ * nothing is ever truncated or rewritten), so it is safe next to a running
+ * mxd: the writer
  * appends, and a segment removed while mapped stays readable. Next to a
  * running mxd, the open segment's last record may still be in flight: verify
  * then reports it as a torn tail, and list/cat/export may show a message
@@ -32,24 +41,40 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "conf.h"
+#include "delivery_request.h"
+#include "delivery_state.h"
+#include "policy.h"
+#include "route.h"
 #include "spool.h"
 
 #define DEFAULT_SPOOL "var/spool"
 
 static const char *spool_dir = DEFAULT_SPOOL;
+/* -f CONFIG: the routes, for "kept" */
+static struct conf *config;
+static struct policy *config_policy;
 
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"usage: mxspool [-d DIR] COMMAND\n"
+		"usage: mxspool [-d DIR] [-f CONFIG] COMMAND\n"
 		"  list                     one line per message: ID, received time, size,\n"
-		"                           MAIL FROM, recipients\n"
+		"                           MAIL FROM, recipients, delivery state (queued,\n"
+		"                           deferred, delivered, failed, bounced, dropped,\n"
+		"                           expired, partial, finished; kept with -f); a\n"
+		"                           deferred message gets a second line: next try,\n"
+		"                           attempts, next hop, last reply\n"
 		"  cat ID                   the message (Received: header and content)\n"
-		"  cat --envelope ID        the envelope of a message (same as show ID)\n"
-		"  show ID\n"
+		"  cat --envelope ID        the envelope of a message\n"
+		"  show ID                  the envelope and each recipient's delivery state\n"
 		"  verify                   check every segment and record (read-only)\n"
 		"  export --maildir OUT     copy every message into the Maildir OUT\n"
+		"  retry ID                 ask mxd to try the message's waiting recipients now\n"
+		"  drop ID                  ask mxd to give up the message's unfinished\n"
+		"                           recipients (no delivery, no bounce)\n"
 		"  -d DIR                   the spool directory (default " DEFAULT_SPOOL ")\n"
+		"  -f CONFIG                mxd's config, to show mail no rule relays as kept\n"
 		"exit status: 0 ok, 1 problem found or error, 2 usage\n");
 }
 
@@ -255,12 +280,151 @@ static int for_each_segment(segment_fn fn, void *ctx)
 	return rc;
 }
 
+/* ---- delivery state ---- */
+
+/* A segment's delivery log (mapped, may be absent) and its replay. */
+struct delivery {
+	char path[PATH_MAX];
+	const uint8_t *map;
+	size_t size;
+	struct dlv_replay r;
+	bool ok;
+};
+
+static void delivery_load(struct delivery *d, const struct segment *s)
+{
+	memset(d, 0, sizeof *d);
+	size_t n = strlen(s->path);
+	if (n < 4 || n >= sizeof d->path)
+		return;
+	memcpy(d->path, s->path, n - 4);
+	memcpy(d->path + n - 4, ".dlv", 5);
+	int fd = open(d->path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd >= 0) {
+		struct stat st;
+		if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0 &&
+		    (uint64_t)st.st_size <= SIZE_MAX) {
+			void *m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+			if (m != MAP_FAILED) {
+				d->map = m;
+				d->size = (size_t)st.st_size;
+			} else {
+				fprintf(stderr, "mxspool: mmap %s: %s\n", d->path, strerror(errno));
+			}
+		}
+		close(fd);
+	} else if (errno != ENOENT) {
+		fprintf(stderr, "mxspool: %s: %s\n", d->path, strerror(errno));
+	}
+	if (dlv_replay(s->map, s->size, s->core, s->seq, d->map, d->size, &d->r) < 0) {
+		fprintf(stderr, "mxspool: out of memory\n");
+		return;
+	}
+	d->ok = true;
+	if (d->r.dlv_header_bad)
+		fprintf(stderr, "mxspool: %s: %s\n", d->path,
+			d->r.dlv_header_why ? d->r.dlv_header_why : "bad header");
+	if (d->r.dlv.corrupt_regions || d->r.dlv.torn_bytes)
+		fprintf(stderr, "mxspool: %s: %" PRIu64 " damaged regions, %" PRIu64 " torn bytes\n",
+			d->path, d->r.dlv.corrupt_regions, d->r.dlv.torn_bytes);
+}
+
+static void delivery_free(struct delivery *d)
+{
+	if (d->ok)
+		dlv_replay_free(&d->r);
+	if (d->map)
+		munmap((void *)d->map, d->size);
+	memset(d, 0, sizeof *d);
+}
+
+/* The latest record of a recipient, or false when it has none. */
+static bool delivery_record(const struct delivery *d, const struct dlv_rcpt *rc,
+			    struct dlv_record *out)
+{
+	return rc->record && rc->record < d->size &&
+	       dlv_record_decode(d->map + rc->record, d->size - rc->record, out, NULL, NULL) ==
+		       SPOOL_OK;
+}
+
+/* With -f: each recipient's route, into a malloc'd array (NULL without). */
+static struct route *routes_of(const struct spool_record_view *v)
+{
+	if (!config || !v->nrcpt)
+		return NULL;
+	struct route *rt = calloc(v->nrcpt, sizeof *rt);
+	if (rt)
+		route_message(config, config_policy, v, rt, v->nrcpt);
+	return rt;
+}
+
+/* A recipient's state as shown: never tried and routed nowhere is "kept"
+ * (the rule has no relay) or "unrouted" (no rule takes it now). */
+static const char *rcpt_state(const struct dlv_rcpt *rc, const struct route *rt)
+{
+	if (rc->outcome == DLV_QUEUED && rt && rt->kind == ROUTE_KEEP)
+		return "kept";
+	if (rc->outcome == DLV_QUEUED && rt && rt->kind == ROUTE_NONE)
+		return "unrouted";
+	return dlv_outcome_name(rc->outcome);
+}
+
+static const char *message_state(const struct delivery *d, const struct dlv_message *m,
+				 const struct route *rt)
+{
+	if (!rt || !m->nrcpt)
+		return dlv_message_summary(&d->r, m);
+	const char *first = rcpt_state(&d->r.rcpts[m->first], &rt[0]);
+	for (uint32_t i = 1; i < m->nrcpt; i++)
+		if (strcmp(rcpt_state(&d->r.rcpts[m->first + i], &rt[i]), first) != 0)
+			return dlv_message_summary(&d->r, m);
+	return first;
+}
+
+/* "  deferred: next try T, N attempts, HOP: last reply" for a message
+ * with deferred recipients: the earliest next try, the latest reply. */
+static void print_deferral(const struct delivery *d, const struct dlv_message *m)
+{
+	const struct dlv_rcpt *latest = NULL;
+	uint64_t next = UINT64_MAX;
+	for (uint32_t i = 0; i < m->nrcpt; i++) {
+		const struct dlv_rcpt *rc = &d->r.rcpts[m->first + i];
+		if (rc->outcome != DLV_DEFERRED)
+			continue;
+		if (rc->next_try < next)
+			next = rc->next_try;
+		if (!latest || rc->at >= latest->at)
+			latest = rc;
+	}
+	if (!latest)
+		return;
+	char when[64];
+	format_time(when, sizeof when, next * 1000000000ull, false);
+	printf("  deferred: next try %s, %u attempts", when, latest->attempts);
+	struct dlv_record rec;
+	if (delivery_record(d, latest, &rec)) {
+		if (rec.hop_len) {
+			fputs(", ", stdout);
+			put_escaped(stdout, rec.hop, rec.hop_len, false);
+		}
+		fputs(": ", stdout);
+		put_escaped(stdout, rec.text, rec.text_len, false);
+	}
+	fputc('\n', stdout);
+}
+
 /* ---- list ---- */
+
+struct list_ctx {
+	struct segment *s;
+	struct delivery d;
+};
 
 static int list_record(void *ctx, enum spool_walk_event ev, uint64_t off, uint64_t len,
 		       const struct spool_record_view *v, const char *reason)
 {
-	struct segment *s = ctx;
+	struct list_ctx *lc = ctx;
+	struct segment *s = lc->s;
 	if (ev != SPOOL_WALK_RECORD) {
 		fprintf(stderr, "mxspool: %s: offset %" PRIu64 ": %s (%" PRIu64 " bytes skipped)\n",
 			s->path, off, reason ? reason : "damaged", len);
@@ -285,15 +449,26 @@ static int list_record(void *ctx, enum spool_walk_event ev, uint64_t off, uint64
 	}
 	if (first)
 		fputc('-', stdout);
-	fputc('\n', stdout);
+	const struct dlv_message *m = lc->d.ok ? dlv_replay_find(&lc->d.r, off) : NULL;
+	if (m) {
+		struct route *rt = routes_of(v);
+		printf(" %s\n", message_state(&lc->d, m, rt));
+		free(rt);
+		print_deferral(&lc->d, m);
+	} else {
+		fputs(" ?\n", stdout);
+	}
 	return 0;
 }
 
 static int list_segment(void *ctx, struct segment *s)
 {
 	(void)ctx;
+	struct list_ctx lc = {.s = s};
+	delivery_load(&lc.d, s);
 	struct spool_walk_result res;
-	spool_segment_walk(s->map, s->size, s->core, s->seq, list_record, s, &res);
+	spool_segment_walk(s->map, s->size, s->core, s->seq, list_record, &lc, &res);
+	delivery_free(&lc.d);
 	return 0;
 }
 
@@ -312,6 +487,7 @@ static int cmd_list(void)
 struct find {
 	const char *id;
 	bool envelope;
+	bool probe;        /* only whether it exists */
 	bool found;
 	bool write_error;
 };
@@ -385,6 +561,52 @@ static void print_envelope(const struct segment *s, uint64_t off, uint64_t len,
 	printf("message-length: %zu\n", v->message_len);
 }
 
+/* Each recipient's delivery state, from the segment's delivery log. */
+static void print_delivery(const struct segment *s, uint64_t off, const struct spool_record_view *v)
+{
+	struct delivery d;
+	delivery_load(&d, s);
+	const struct dlv_message *m = d.ok ? dlv_replay_find(&d.r, off) : NULL;
+	if (!m) {
+		delivery_free(&d);
+		return;
+	}
+	struct route *rt = routes_of(v);
+	printf("delivery-log: %s\n", d.map ? d.path : "none yet");
+	printf("state: %s\n", message_state(&d, m, rt));
+	size_t cur = 0;
+	struct spool_rcpt_view r;
+	for (uint32_t i = 0; i < m->nrcpt && spool_rcpt_next(v, &cur, &r); i++) {
+		const struct dlv_rcpt *rc = &d.r.rcpts[m->first + i];
+		char when[64];
+		fputs("delivery: <", stdout);
+		put_escaped(stdout, r.addr, r.addr_len, false);
+		printf("> %s attempts=%u", rcpt_state(rc, rt ? &rt[i] : NULL), rc->attempts);
+		if (rt && rt[i].kind == ROUTE_RELAY)
+			printf(" route=%s", rt[i].via->hops[0].text);
+		if (rc->outcome == DLV_DEFERRED) {
+			format_time(when, sizeof when, rc->next_try * 1000000000ull, false);
+			printf(" next-try=%s", when);
+		}
+		if (rc->record) {
+			format_time(when, sizeof when, rc->at * 1000000000ull, false);
+			printf(" at=%s", when);
+		}
+		struct dlv_record rec;
+		if (delivery_record(&d, rc, &rec)) {
+			if (rec.hop_len) {
+				fputs(" via=", stdout);
+				put_escaped(stdout, rec.hop, rec.hop_len, true);
+			}
+			fputs(" reply=", stdout);
+			put_escaped(stdout, rec.text, rec.text_len, false);
+		}
+		fputc('\n', stdout);
+	}
+	free(rt);
+	delivery_free(&d);
+}
+
 struct find_walk {
 	struct find *f;
 	struct segment *s;
@@ -394,8 +616,12 @@ static void emit(struct find *f, const struct segment *s, uint64_t off, uint64_t
 		 const struct spool_record_view *v)
 {
 	f->found = true;
-	if (f->envelope)
+	if (f->probe)
+		return;
+	if (f->envelope) {
 		print_envelope(s, off, len, v);
+		print_delivery(s, off, v);
+	}
 	else if (v->message_len && fwrite(v->message, 1, v->message_len, stdout) != v->message_len)
 		f->write_error = true;
 }
@@ -451,14 +677,11 @@ static bool parse_id(const char *arg, char id[SPOOL_ID_LEN + 1])
 	return true;
 }
 
-static int cmd_cat(const char *arg, bool envelope)
+/* Look for f->id: where the id says first, then everywhere. 0 when found,
+ * 1 with a message otherwise. */
+static int find_message(struct find *f)
 {
-	char id[SPOOL_ID_LEN + 1];
-	if (!parse_id(arg, id)) {
-		fprintf(stderr, "mxspool: not a message id: %s\n", arg);
-		return 1;
-	}
-	struct find f = {.id = id, .envelope = envelope};
+	const char *id = f->id;
 	char tmp[9];
 	memcpy(tmp, id, 2);
 	tmp[2] = '\0';
@@ -471,18 +694,57 @@ static int cmd_cat(const char *arg, bool envelope)
 		fprintf(stderr, "mxspool: %s: %s\n", spool_dir, strerror(errno));
 		return 1;
 	}
-	for_each_segment_of(core, seq24, find_direct, &f);
-	if (!f.found)
-		for_each_segment(find_scan, &f);
-	if (!f.found) {
+	for_each_segment_of(core, seq24, find_direct, f);
+	if (!f->found)
+		for_each_segment(find_scan, f);
+	if (!f->found) {
 		fprintf(stderr, "mxspool: no message %s in %s\n", id, spool_dir);
 		return 1;
 	}
+	return 0;
+}
+
+static int cmd_cat(const char *arg, bool envelope)
+{
+	char id[SPOOL_ID_LEN + 1];
+	if (!parse_id(arg, id)) {
+		fprintf(stderr, "mxspool: not a message id: %s\n", arg);
+		return 1;
+	}
+	struct find f = {.id = id, .envelope = envelope};
+	if (find_message(&f) != 0)
+		return 1;
 	if (fflush(stdout) != 0 || ferror(stdout) || f.write_error) {
 		fprintf(stderr, "mxspool: write error: %s\n", strerror(errno));
 		return 1;
 	}
 	return 0;
+}
+
+/* ---- retry / drop ---- */
+
+/* A request file for the core that owns the message; mxd applies it. */
+static int cmd_request(const char *arg, enum dlv_request_kind kind)
+{
+	struct dlv_request q;
+	if (!dlv_id_parse(arg, strlen(arg), &q)) {
+		fprintf(stderr, "mxspool: not a message id: %s\n", arg);
+		return 1;
+	}
+	q.kind = kind;
+	struct find f = {.id = q.id, .probe = true};
+	if (find_message(&f) != 0)
+		return 1;
+	const char *what = "";
+	if (dlv_request_write(spool_dir, &q, &what) < 0) {
+		fprintf(stderr, "mxspool: %s %s: %s: %s\n", kind == DLV_REQ_DROP ? "drop" : "retry",
+			q.id, what, strerror(errno));
+		return 1;
+	}
+	printf("%s of %s requested: core %u takes it within a second while mxd runs, "
+	       "else when mxd starts\n",
+	       kind == DLV_REQ_DROP ? "drop" : "retry", q.id, q.core);
+	return fflush(stdout) != 0 ? 1 : 0;
 }
 
 /* ---- verify ---- */
@@ -755,6 +1017,31 @@ done:
 
 /* ---- main ---- */
 
+static void free_config(void)
+{
+	policy_free(config_policy);
+	conf_free(config);
+}
+
+/* -f: parse the config and compile its rules, as mxd -n would. */
+static int load_config(const char *path)
+{
+	atexit(free_config);
+	struct buf errs;
+	buf_init(&errs, 1 << 20);
+	config = conf_load(path, &errs);
+	if (config)
+		config_policy = policy_build(config, &errs);
+	if (!config || !config_policy) {
+		fprintf(stderr, "%.*s", (int)errs.len, errs.data ? errs.data : "");
+		fprintf(stderr, "mxspool: %s: not a usable config\n", path);
+		buf_free(&errs);
+		return -1;
+	}
+	buf_free(&errs);
+	return 0;
+}
+
 static void on_sigbus(int sig)
 {
 	(void)sig;
@@ -779,10 +1066,14 @@ int main(int argc, char **argv)
 			return 0;
 		}
 	int opt;
-	while ((opt = getopt(argc, argv, "+d:h")) != -1) {
+	const char *config_path = NULL;
+	while ((opt = getopt(argc, argv, "+d:f:h")) != -1) {
 		switch (opt) {
 		case 'd':
 			spool_dir = optarg;
+			break;
+		case 'f':
+			config_path = optarg;
 			break;
 		case 'h':
 			usage(stdout);
@@ -799,6 +1090,8 @@ int main(int argc, char **argv)
 	const char *cmd = argv[optind++];
 	int nargs = argc - optind;
 	char **args = argv + optind;
+	if (config_path && load_config(config_path) < 0)
+		return 1;
 
 	if (strcmp(cmd, "list") == 0 && nargs == 0)
 		return cmd_list();
@@ -812,6 +1105,10 @@ int main(int argc, char **argv)
 		return cmd_cat(args[0], true);
 	if (strcmp(cmd, "export") == 0 && nargs == 2 && strcmp(args[0], "--maildir") == 0)
 		return cmd_export(args[1]);
+	if (strcmp(cmd, "retry") == 0 && nargs == 1)
+		return cmd_request(args[0], DLV_REQ_RETRY);
+	if (strcmp(cmd, "drop") == 0 && nargs == 1)
+		return cmd_request(args[0], DLV_REQ_DROP);
 	if (strcmp(cmd, "help") == 0) {
 		usage(stdout);
 		return 0;

@@ -3,6 +3,7 @@
 #include "check.h"
 #include <stdarg.h>
 #include "spool.h"
+#include "delivery_state.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -1017,7 +1018,7 @@ static void test_mxspool(void)
 	CHECK(run(&out, "'%s' -d '%s' list", tool, dir) == 0);
 	CHECK(count_lines(&out) == 5);
 	CHECK(out.len > 0 && strncmp(out.data, "0000000100000040 1970-01-01T00:00:00Z ", 38) == 0);
-	CHECK(check_contains(out.data, out.len, " s@example.org r@example.com\n"));
+	CHECK(check_contains(out.data, out.len, " s@example.org r@example.com queued\n"));
 	CHECK(check_contains(out.data, out.len, "\n0100000200000040 "));
 
 	CHECK(run(&out, "'%s' -d '%s' cat %s", tool, dir, id1) == 0);
@@ -1083,6 +1084,140 @@ static void test_mxspool(void)
 	CHECK(system(cmd) == 0);
 }
 
+/* mxspool's delivery states (list, show, -f), and retry / drop as request
+ * files for the owning core. */
+static void test_mxspool_delivery(void)
+{
+	char tool[PATH_MAX + 32];
+	if (!find_mxspool(tool, sizeof tool))
+		return;
+	char dir[] = "/tmp/test_mxspool_dlv.XXXXXX";
+	CHECK(mkdtemp(dir) != NULL);
+	char path[PATH_MAX];
+	struct buf seg, dlv, out;
+	buf_init(&seg, 0);
+	buf_init(&dlv, 0);
+	buf_init(&out, 0);
+	size_t offs[4];
+	snprintf(path, sizeof path, "%s/00", dir);
+	mkdir(path, 0700);
+	build_segment(&seg, 0, 1, 3, offs);
+	snprintf(path, sizeof path, "%s/00/00000001.seg", dir);
+	write_file(path, seg.data, seg.len);
+	char id[3][SPOOL_ID_LEN + 1];
+	for (int i = 0; i < 3; i++)
+		spool_make_id(id[i], 0, 1, offs[i]);
+
+	/* no delivery log yet: everything queued */
+	CHECK(run(&out, "'%s' -d '%s' list", tool, dir) == 0);
+	CHECK(count_lines(&out) == 3);
+	CHECK(check_contains(out.data, out.len, " r@example.com queued\n"));
+
+	/* message 0 delivered, message 1 deferred twice, message 2 untouched */
+	uint8_t h[DLV_HEADER_SIZE];
+	dlv_file_header(h, 0, 1);
+	buf_append(&dlv, h, sizeof h);
+	struct dlv_record r = {.msg_offset = offs[1], .rcpt = 0, .outcome = DLV_DEFERRED,
+			       .attempts = 1, .code = 0, .next_try = 1800000000, .at = 1700000000,
+			       .hop = "smtp://10.0.0.1:25", .hop_len = 18,
+			       .text = "connection refused", .text_len = 18};
+	uint8_t b[DLV_RECORD_MAX];
+	buf_append(&dlv, b, dlv_record_encode(b, sizeof b, &r));
+	r.attempts = 2;
+	r.code = 451;
+	r.next_try = 1800000120; /* 2027-01-15T08:02:00Z */
+	r.at = 1700000060;
+	r.text = "451 4.3.0 mailbox busy";
+	r.text_len = strlen(r.text);
+	buf_append(&dlv, b, dlv_record_encode(b, sizeof b, &r));
+	r = (struct dlv_record){.msg_offset = offs[0], .rcpt = 0, .outcome = DLV_DELIVERED,
+				.attempts = 1, .code = 250, .at = 1700000000,
+				.hop = "lmtp://127.0.0.1:24", .hop_len = 19,
+				.text = "250 2.0.0 <r@example.com> Saved", .text_len = 31};
+	buf_append(&dlv, b, dlv_record_encode(b, sizeof b, &r));
+	snprintf(path, sizeof path, "%s/00/00000001.dlv", dir);
+	write_file(path, dlv.data, dlv.len);
+
+	CHECK(run(&out, "'%s' -d '%s' list", tool, dir) == 0);
+	CHECK(count_lines(&out) == 4);
+	char want[512];
+	snprintf(want, sizeof want, "%s 1970-01-01T00:00:00Z ", id[0]);
+	CHECK(check_contains(out.data, out.len, want));
+	CHECK(check_contains(out.data, out.len, " r@example.com delivered\n"));
+	CHECK(check_contains(out.data, out.len,
+			     " r@example.com deferred\n  deferred: next try 2027-01-15T08:02:00Z, 2 "
+			     "attempts, smtp://10.0.0.1:25: 451 4.3.0 mailbox busy\n"));
+	CHECK(check_contains(out.data, out.len, " r@example.com queued\n"));
+
+	CHECK(run(&out, "'%s' -d '%s' show %s", tool, dir, id[1]) == 0);
+	CHECK(check_contains(out.data, out.len, "state: deferred\n"));
+	CHECK(check_contains(out.data, out.len,
+			     "delivery: <r@example.com> deferred attempts=2 next-try=2027-01-15T08:02:00Z "
+			     "at=2023-11-14T22:14:20Z via=smtp://10.0.0.1:25 reply=451 4.3.0 mailbox "
+			     "busy\n"));
+	CHECK(run(&out, "'%s' -d '%s' show %s", tool, dir, id[0]) == 0);
+	CHECK(check_contains(out.data, out.len, "delivery: <r@example.com> delivered attempts=1 "));
+	CHECK(run(&out, "'%s' -d '%s' show %s", tool, dir, id[2]) == 0);
+	CHECK(check_contains(out.data, out.len, "delivery: <r@example.com> queued attempts=0\n"));
+
+	/* with the config: a rule without relay keeps the mail; with one, it
+	 * waits; no rule at all, unrouted */
+	snprintf(path, sizeof path, "%s/keep.conf", dir);
+	write_file(path, "accept from any for domain example.com\n", 39);
+	CHECK(run(&out, "'%s' -d '%s' -f '%s' list", tool, dir, path) == 0);
+	CHECK(check_contains(out.data, out.len, " r@example.com kept\n"));
+	CHECK(check_contains(out.data, out.len, " r@example.com delivered\n"));
+	CHECK(run(&out, "'%s' -d '%s' -f '%s' show %s", tool, dir, path, id[2]) == 0);
+	CHECK(check_contains(out.data, out.len, "delivery: <r@example.com> kept attempts=0\n"));
+	snprintf(path, sizeof path, "%s/relay.conf", dir);
+	const char *relay = "accept from any for domain example.com relay via lmtp://127.0.0.1\n";
+	write_file(path, relay, strlen(relay));
+	CHECK(run(&out, "'%s' -d '%s' -f '%s' show %s", tool, dir, path, id[2]) == 0);
+	CHECK(check_contains(out.data, out.len,
+			     "delivery: <r@example.com> queued attempts=0 route=lmtp://127.0.0.1:24\n"));
+	snprintf(path, sizeof path, "%s/none.conf", dir);
+	write_file(path, "accept from local for any\n", 26);
+	CHECK(run(&out, "'%s' -d '%s' -f '%s' list", tool, dir, path) == 0);
+	CHECK(check_contains(out.data, out.len, " r@example.com unrouted\n"));
+	snprintf(path, sizeof path, "%s/bad.conf", dir);
+	write_file(path, "accept from nowhere\n", 20);
+	CHECK(run(&out, "'%s' -d '%s' -f '%s' list 2>&1", tool, dir, path) == 1);
+	CHECK(check_contains(out.data, out.len, "bad.conf:1:13: expected any, local"));
+
+	/* retry and drop: a request file each, in the core's requests/ */
+	CHECK(run(&out, "'%s' -d '%s' retry %s", tool, dir, id[1]) == 0);
+	CHECK(check_contains(out.data, out.len, "retry of "));
+	char drop_want[64];
+	snprintf(drop_want, sizeof drop_want, "mxd-request 1\ndrop %s\n", id[2]);
+	for (char *c = id[2]; *c; c++) /* lower case on the command line */
+		if (*c >= 'A' && *c <= 'F')
+			*c = (char)(*c - 'A' + 'a');
+	CHECK(run(&out, "'%s' -d '%s' drop %s", tool, dir, id[2]) == 0);
+	CHECK(run(&out, "cat '%s'/00/requests/*.req", dir) == 0);
+	snprintf(want, sizeof want, "mxd-request 1\nretry %s\n", id[1]);
+	CHECK(check_contains(out.data, out.len, want));
+	CHECK(check_contains(out.data, out.len, drop_want));
+	CHECK(run(&out, "ls -a '%s'/00/requests | grep -c 'req$'", dir) == 0);
+	CHECK(out.len && atoi(out.data) == 2);
+	CHECK(run(&out, "ls -a '%s'/00/requests | grep -c tmp", dir) == 1); /* no temp left */
+	/* unknown or malformed ids write nothing */
+	CHECK(run(&out, "'%s' -d '%s' retry 0000000100000041 2>&1", tool, dir) == 1);
+	CHECK(check_contains(out.data, out.len, "no message 0000000100000041"));
+	CHECK(run(&out, "'%s' -d '%s' drop xyz 2>&1", tool, dir) == 1);
+	CHECK(check_contains(out.data, out.len, "not a message id: xyz"));
+	CHECK(run(&out, "'%s' -d '%s' drop 2>/dev/null", tool, dir) == 2);
+	CHECK(run(&out, "ls '%s'/00/requests | wc -l", dir) == 0 && atoi(out.data) == 2);
+	/* listing still reads the spool only */
+	CHECK(run(&out, "'%s' -d '%s' verify", tool, dir) == 0);
+
+	buf_free(&seg);
+	buf_free(&dlv);
+	buf_free(&out);
+	char cmd[PATH_MAX + 16];
+	snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+	CHECK(system(cmd) == 0);
+}
+
 int main(void)
 {
 	test_crc();
@@ -1096,5 +1231,6 @@ int main(void)
 	test_walk_embedded();
 	test_recover();
 	test_mxspool();
+	test_mxspool_delivery();
 	return check_report("test_spool");
 }
