@@ -376,11 +376,11 @@ static void cmd_upgrade(struct client *c)
 	reply_final(c, rc == 0, "%s", rc == 0 ? "upgrade started" : "upgrade failed");
 }
 
-static void execute(struct client *c, const char *line)
+static void execute(struct client *c, const char *line, size_t len)
 {
 	struct control_cmd cmd;
 	char err[160];
-	if (control_cmd_parse(line, &cmd, err, sizeof err) < 0) {
+	if (control_cmd_parse(line, len, &cmd, err, sizeof err) < 0) {
 		log_info("control: refused a command: %s", err);
 		reply_final(c, false, "%s", err);
 		return;
@@ -465,7 +465,7 @@ static bool client_run(struct client *c)
 			reply_final(c, false, "line too long (at most %d bytes)", CONTROL_LINE_MAX);
 			c->closing = true;
 		} else if (st == CONTROL_LINE_READY) {
-			execute(c, c->line.text);
+			execute(c, c->line.text, c->line.len);
 			control_line_init(&c->line);
 			c->deadline_ms = now_ms() + ctl.timeout_ms;
 		}

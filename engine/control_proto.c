@@ -121,10 +121,25 @@ static void printable(const char *in, char *out, size_t out_len)
 	out[n] = '\0';
 }
 
-int control_cmd_parse(const char *line, struct control_cmd *cmd, char *err, size_t err_len)
+static bool has_control_char(const char *line, size_t len)
+{
+	for (size_t i = 0; i < len; i++) {
+		unsigned char ch = (unsigned char)line[i];
+		if ((ch < 0x20 && ch != '\t') || ch == 0x7f)
+			return true;
+	}
+	return false;
+}
+
+int control_cmd_parse(const char *line, size_t len, struct control_cmd *cmd, char *err,
+		      size_t err_len)
 {
 	assert(err_len > 0);
 	err[0] = '\0';
+	if (has_control_char(line, len)) {
+		snprintf(err, err_len, "the command holds a control character (try help)");
+		return -1;
+	}
 	char word[64], arg[64], shown[40];
 	const char *p = line;
 	if (!next_word(&p, word, sizeof word)) {

@@ -76,10 +76,12 @@ struct control_cmd {
 	int level;                /* log-level: an enum log_level, or -1 to show it */
 };
 
-/* Parses a request line (without its line end). Returns 0, or -1 with a
- * message for the client in err (always NUL-terminated, never holds a
- * control character of the input). */
-int control_cmd_parse(const char *line, struct control_cmd *cmd, char *err, size_t err_len);
+/* Parses a request line of len bytes (without its line end). Returns 0,
+ * or -1 with a message for the client in err (always NUL-terminated, never
+ * holds a control character of the input). A control character (NUL, ESC,
+ * a lone CR...; tab is a blank) makes the whole line invalid. */
+int control_cmd_parse(const char *line, size_t len, struct control_cmd *cmd, char *err,
+		      size_t err_len);
 const char *control_level_name(int level);
 /* The help text: one command per line, no line end on the last. */
 extern const char control_help[];

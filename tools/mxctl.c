@@ -72,7 +72,7 @@ static int build_request(int argc, char **argv, char *line, size_t len, struct c
 		used += (size_t)n;
 	}
 	char err[160];
-	if (control_cmd_parse(line, cmd, err, sizeof err) < 0) {
+	if (control_cmd_parse(line, strlen(line), cmd, err, sizeof err) < 0) {
 		fprintf(stderr, "mxctl: %s\n", err);
 		return -1;
 	}

@@ -73,7 +73,7 @@ static void parse_ok(const char *line, enum control_verb verb, int level)
 {
 	struct control_cmd cmd;
 	char err[128];
-	int rc = control_cmd_parse(line, &cmd, err, sizeof err);
+	int rc = control_cmd_parse(line, strlen(line), &cmd, err, sizeof err);
 	CHECK(rc == 0);
 	if (rc != 0) {
 		fprintf(stderr, "  \"%s\": %s\n", line, err);
@@ -87,7 +87,7 @@ static void parse_err(const char *line, const char *want)
 {
 	struct control_cmd cmd;
 	char err[128];
-	CHECK(control_cmd_parse(line, &cmd, err, sizeof err) == -1);
+	CHECK(control_cmd_parse(line, strlen(line), &cmd, err, sizeof err) == -1);
 	CHECK_STR_EQ(err, want);
 }
 
@@ -113,7 +113,16 @@ static void test_commands(void)
 	parse_err("", "empty command (try help)");
 	parse_err(" \t ", "empty command (try help)");
 	parse_err("stat", "unknown command \"stat\" (try help)");
-	parse_err("st\x01\x7f\"x", "unknown command \"st???x\" (try help)");
+	parse_err("st\xff\xfe\"x", "unknown command \"st???x\" (try help)");
+	parse_err("st\x01x", "the command holds a control character (try help)");
+	parse_err("status\x7f", "the command holds a control character (try help)");
+	parse_err("status\r", "the command holds a control character (try help)");
+	parse_ok("status\t", CONTROL_STATUS, -1);
+	/* a NUL inside the line: the bytes after it are not ignored */
+	struct control_cmd nul_cmd;
+	char nul_err[128];
+	CHECK(control_cmd_parse("status\0junk", 11, &nul_cmd, nul_err, sizeof nul_err) == -1);
+	CHECK_STR_EQ(nul_err, "the command holds a control character (try help)");
 	parse_err("status now", "status: too many arguments");
 	parse_err("log-level loud", "unknown log level \"loud\" (debug, info, warn or error)");
 	parse_err("log-level debug info", "log-level: too many arguments");
@@ -123,7 +132,7 @@ static void test_commands(void)
 	line[sizeof line - 1] = '\0';
 	struct control_cmd cmd;
 	char err[128];
-	CHECK(control_cmd_parse(line, &cmd, err, sizeof err) == -1);
+	CHECK(control_cmd_parse(line, strlen(line), &cmd, err, sizeof err) == -1);
 	CHECK(strncmp(err, "unknown command \"zzz", 20) == 0 && strlen(err) < sizeof err);
 
 	CHECK_STR_EQ(control_level_name(LOG_DEBUG), "debug");
