@@ -7,6 +7,10 @@
  *   DIR/<core as %02u>/<seq as %08llu>.seg   one append-only file per segment
  *   A core writes one segment at a time; a new run starts a new segment at
  *   spool_recover()'s next_seq, old segments are never appended to again.
+ *   A segment has exactly one writer, ever: a writer creates its segments
+ *   with O_EXCL and skips a number that exists. During a binary upgrade
+ *   two processes write to the same core directories, each to its own
+ *   segment (see UPGRADE below).
  *
  * All integers are little-endian, fixed width. Strings are a u16 byte count
  * followed by that many bytes: no NUL, no escaping, arbitrary bytes.
@@ -94,6 +98,27 @@
  *   batch with one writev at the tail, or keep the writes ordered): then a
  *   tear can only be followed by records that were never acknowledged and
  *   are not on disk, so recovery never keeps an unacknowledged duplicate.
+ *
+ * UPGRADE (binary upgrade, engine/upgrade.c)
+ *   The old process keeps appending to the segment each core has open
+ *   while it drains, and the new process starts meanwhile, so recovery
+ *   must not cut a tail that is being written. Before the new process is
+ *   started, each old core is told to hold its spool: from then on it
+ *   never opens another segment (it goes past segment-size in the one it
+ *   has if it must), and it answers with that segment's number. The
+ *   hand-over message carries, per old core, that number (0: none open).
+ *   The new process's recovery skips exactly those segments
+ *   (spool_recover_except): they were recovered by the old process at its
+ *   own start and have had one writer since. Every other segment is
+ *   closed and recovered as usual. Each new core starts at
+ *   max(next_seq, in-use + 1), so numbers never collide; ids (core, seq,
+ *   offset) stay unique. A second upgrade is refused while the previous
+ *   process still runs, so at most two processes write at a time. A torn
+ *   tail left in an in-use segment (the old process crashing during its
+ *   drain) is cut by the next start or upgrade; readers skip it meanwhile.
+ *   If the new process fails, the old one kills and reaps it, then
+ *   releases the hold; segment numbers the failed process created are
+ *   skipped (O_EXCL, EEXIST).
  */
 #ifndef MXD_SPOOL_H
 #define MXD_SPOOL_H
@@ -292,5 +317,10 @@ struct spool_recovery {
  * create the directory when missing. Progress and problems are appended to
  * log as lines. Returns 0, or -1 with a reason in log. */
 int spool_recover(const char *spool_dir, unsigned core, struct spool_recovery *r, struct buf *log);
+/* The same, leaving segment in_use_seq alone (0: none): it is the one the
+ * previous process of a binary upgrade still appends to (see UPGRADE).
+ * next_seq is past it. */
+int spool_recover_except(const char *spool_dir, unsigned core, uint64_t in_use_seq,
+			 struct spool_recovery *r, struct buf *log);
 
 #endif

@@ -932,6 +932,12 @@ static int recover_segment(const char *core_dir, unsigned core, uint64_t seq,
 
 int spool_recover(const char *spool_dir, unsigned core, struct spool_recovery *r, struct buf *log)
 {
+	return spool_recover_except(spool_dir, core, 0, r, log);
+}
+
+int spool_recover_except(const char *spool_dir, unsigned core, uint64_t in_use_seq,
+			 struct spool_recovery *r, struct buf *log)
+{
 	memset(r, 0, sizeof *r);
 	r->next_seq = 1;
 	char core_dir[PATH_MAX];
@@ -955,6 +961,14 @@ int spool_recover(const char *spool_dir, unsigned core, struct spool_recovery *r
 	}
 	int rc = 0;
 	for (size_t i = 0; i < n; i++) {
+		if (in_use_seq != 0 && seqs[i] == in_use_seq) {
+			/* another process appends to it (see UPGRADE in spool.h) */
+			buf_printf(log,
+				   "spool: core %u segment %08" PRIu64
+				   ": in use by the previous process, left alone\n",
+				   core, seqs[i]);
+			continue;
+		}
 		if (recover_segment(core_dir, core, seqs[i], r, log) < 0) {
 			rc = -1;
 			break;
@@ -962,6 +976,8 @@ int spool_recover(const char *spool_dir, unsigned core, struct spool_recovery *r
 	}
 	if (n && seqs[n - 1] < UINT64_MAX)
 		r->next_seq = seqs[n - 1] + 1;
+	if (in_use_seq != 0 && in_use_seq < UINT64_MAX && r->next_seq <= in_use_seq)
+		r->next_seq = in_use_seq + 1; /* even if its file is not there (yet) */
 	free(seqs);
 	if (rc == 0)
 		buf_printf(log,

@@ -18,6 +18,8 @@
 /* Message ids carry the offset in 8 hex digits, so no record may start
  * past 4 GiB into a segment. */
 #define SEGMENT_OFFSET_LIMIT 0xffffffffull
+/* Existing segment numbers skipped before open_segment gives up. */
+#define SEGMENT_EEXIST_SKIP 1024
 
 static uint64_t wall_clock_ns(void)
 {
@@ -48,10 +50,19 @@ static bool is_no_space(int err)
  * again next time, so a full disk does not leave a trail of segments. */
 static int open_segment(struct spool_writer *w)
 {
+	if (w->held)
+		return -1; /* the next process of an upgrade numbers past ours */
 	uint64_t seq = w->next_seq;
 	char path[sizeof w->dir + 32];
 	snprintf(path, sizeof path, "%s/%08llu.seg", w->dir, (unsigned long long)seq);
 	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	/* A number another process took (the new process of an upgrade that
+	 * failed) is skipped: a segment has one writer. */
+	for (int tries = 0; fd < 0 && errno == EEXIST && tries < SEGMENT_EEXIST_SKIP; tries++) {
+		seq = ++w->next_seq;
+		snprintf(path, sizeof path, "%s/%08llu.seg", w->dir, (unsigned long long)seq);
+		fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	}
 	if (fd < 0) {
 		w->open_errno = errno;
 		log_error("spool: cannot create %s: %s", path, strerror(errno));
@@ -374,4 +385,13 @@ void spool_writer_complete(struct spool_writer *w, bool is_fsync, int res)
 	b->n = 0;
 	for (uint32_t i = 0; i < n; i++)
 		conn_spool_done(b->conns[i], ok, b->no_space);
+}
+
+uint64_t spool_writer_hold(struct spool_writer *w, bool hold)
+{
+	if (w->held != hold)
+		log_info("spool: %s segment %08llu%s", hold ? "holding on to" : "released from",
+			 (unsigned long long)w->seq, w->fd >= 0 ? "" : " (none open)");
+	w->held = hold;
+	return w->fd >= 0 ? w->seq : 0;
 }

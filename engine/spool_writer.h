@@ -43,6 +43,7 @@ struct spool_writer {
 	int open_errno;               /* why the last open_segment failed */
 	uint64_t tail;                /* next record offset */
 	uint64_t segment_size;
+	bool held;                    /* upgrade hand-over: no new segment, ever */
 
 	struct conn **waiting;        /* finished, not yet in a batch */
 	uint32_t nwaiting, waiting_cap;
@@ -65,5 +66,10 @@ void spool_writer_flush(struct spool_writer *w);
 /* A completion of the batch in flight: one of its writes, or its fsync. */
 void spool_writer_complete(struct spool_writer *w, bool is_fsync, int res);
 bool spool_writer_idle(const struct spool_writer *w);
+/* Binary upgrade: while held, the writer opens no new segment (it goes on
+ * past segment-size in the one it has; the hard 4 GiB limit still holds),
+ * so the next process can number its segments past this one's. Returns
+ * the open segment's number, 0 when none is open. */
+uint64_t spool_writer_hold(struct spool_writer *w, bool hold);
 
 #endif

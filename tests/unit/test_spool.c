@@ -1218,6 +1218,50 @@ static void test_mxspool_delivery(void)
 	CHECK(system(cmd) == 0);
 }
 
+/* Binary upgrade: the segment the previous process still appends to is
+ * neither scanned nor cut, and the new process numbers past it. */
+static void test_recover_in_use(void)
+{
+	snprintf(tmpdir, sizeof tmpdir, "/tmp/test_spool.XXXXXX");
+	CHECK(mkdtemp(tmpdir) != NULL);
+	struct spool_recovery r;
+	struct buf log, seg;
+	buf_init(&log, 0);
+	buf_init(&seg, 0);
+	CHECK(spool_recover(tmpdir, 0, &r, &log) == 0); /* creates DIR/00 */
+	size_t offs[11];
+	char path[400];
+	build_segment(&seg, 0, 1, 3, offs);
+	seg_path(path, sizeof path, 0, 1);
+	write_file(path, seg.data, seg.len);
+	/* segment 2 is being written: its last record is half there */
+	buf_reset(&seg);
+	build_segment(&seg, 0, 2, 4, offs);
+	size_t in_flight = offs[3] + (offs[4] - offs[3]) / 2;
+	seg_path(path, sizeof path, 0, 2);
+	write_file(path, seg.data, in_flight);
+
+	buf_reset(&log);
+	CHECK(spool_recover_except(tmpdir, 0, 2, &r, &log) == 0);
+	CHECK(r.segments == 1 && r.records == 3 && r.truncated_bytes == 0);
+	CHECK(r.next_seq == 3);
+	CHECK(file_size(path) == (long)in_flight);
+	CHECK(check_contains(log.data, log.len,
+			     "spool: core 0 segment 00000002: in use by the previous process, left alone\n"));
+	/* the in-use number counts even before its file exists */
+	CHECK(spool_recover_except(tmpdir, 0, 7, &r, &log) == 0);
+	CHECK(r.next_seq == 8);
+	/* once that process is gone, a plain recovery cuts the tail */
+	CHECK(spool_recover(tmpdir, 0, &r, &log) == 0);
+	CHECK(r.records == 6 && file_size(path) == (long)offs[3]);
+
+	buf_free(&seg);
+	buf_free(&log);
+	char cmd[PATH_MAX + 16];
+	snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
+	CHECK(system(cmd) == 0);
+}
+
 int main(void)
 {
 	test_crc();
@@ -1230,6 +1274,7 @@ int main(void)
 	test_walk();
 	test_walk_embedded();
 	test_recover();
+	test_recover_in_use();
 	test_mxspool();
 	test_mxspool_delivery();
 	return check_report("test_spool");
