@@ -71,6 +71,7 @@ enum {
 	SEEN_TIMEOUT_DATA_BLOCK,
 	SEEN_TIMEOUT_DATA_TERM,
 	SEEN_TIMEOUT_DRAIN,
+	SEEN_TIMEOUT_UPGRADE,
 	SEEN_METRICS,
 	SEEN_CONTROL,
 	SEEN_RELAY_LIFETIME,
@@ -1644,6 +1645,7 @@ static int d_timeout(struct parser *p, const struct token *dir)
 		{"data-block", SEEN_TIMEOUT_DATA_BLOCK, offsetof(struct conf_timeouts, data_block)},
 		{"data-term", SEEN_TIMEOUT_DATA_TERM, offsetof(struct conf_timeouts, data_term)},
 		{"drain", SEEN_TIMEOUT_DRAIN, offsetof(struct conf_timeouts, drain)},
+		{"upgrade", SEEN_TIMEOUT_UPGRADE, offsetof(struct conf_timeouts, upgrade)},
 	};
 	(void)dir;
 	size_t k;
@@ -1653,7 +1655,7 @@ static int d_timeout(struct parser *p, const struct token *dir)
 	if (k == sizeof kinds / sizeof kinds[0]) {
 		if (p->tok.type == T_WORD)
 			perr(p, &p->tok,
-			     "unknown timeout %s (command, data-init, data-block, data-term, drain or greeting)",
+			     "unknown timeout %s (command, data-init, data-block, data-term, drain, greeting or upgrade)",
 			     quote(p->tok.text).s);
 		else
 			perr(p, &p->tok, "expected a timeout name");
@@ -2076,6 +2078,7 @@ static void conf_defaults(struct conf *c)
 	c->timeouts.data_block = 3 * 60 * 1000;
 	c->timeouts.data_term = 10 * 60 * 1000;
 	c->timeouts.drain = 30 * 1000;
+	c->timeouts.upgrade = 60 * 1000;
 	c->cores = 0;
 	c->control.max_clients = CONF_DEFAULT_CONTROL_MAX_CLIENTS;
 	c->control.timeout = CONF_DEFAULT_CONTROL_TIMEOUT;

@@ -112,6 +112,8 @@ struct conf_timeouts {
 	uint32_t data_block;              /* between content reads: 3 min */
 	uint32_t data_term;               /* not waiting on the client (commit): 10 min */
 	uint32_t drain;                   /* SIGTERM: finish transactions up to this */
+	uint32_t upgrade;                 /* binary upgrade: the new process is ready
+	                                     within this, or the old one keeps serving */
 };
 
 /* "ktls auto|on|off": hand TLS records to the kernel after the handshake.

@@ -182,6 +182,7 @@ static void test_defaults(void)
 	CHECK(c->timeouts.data_block == 180000);
 	CHECK(c->timeouts.data_term == 600000);
 	CHECK(c->timeouts.drain == 30000);
+	CHECK(c->timeouts.upgrade == 60000);
 	CHECK_STR_EQ(c->spool_dir, "var/spool");
 	CHECK(c->cores == 0);
 	CHECK(c->segment_size == 256ull << 20);
@@ -457,6 +458,7 @@ static void test_limits(void)
 				  "timeout data-term 1500ms\n"
 				  "timeout drain 45\n"
 				  "timeout greeting 1d\n"
+				  "timeout upgrade 90s\n"
 				  "spool /var/spool/mxd\n"
 				  "cores 256\n"
 				  "hostname mx1.example.com\n"
@@ -476,6 +478,7 @@ static void test_limits(void)
 		CHECK(c->timeouts.data_term == 1500);
 		CHECK(c->timeouts.drain == 45000);
 		CHECK(c->timeouts.greeting == 86400000);
+		CHECK(c->timeouts.upgrade == 90000);
 		CHECK_STR_EQ(c->spool_dir, "/var/spool/mxd");
 		CHECK(c->cores == 256);
 		CHECK_STR_EQ(c->hostname, "mx1.example.com");
@@ -505,7 +508,7 @@ static void test_limits(void)
 	PARSE_ERR("segment-size 4095\n", "mxd.conf:1:14: segment-size below 4096 bytes\n");
 	PARSE_ERR("bare-newlines maybe\n", "mxd.conf:1:15: expected accept or reject\n");
 	PARSE_ERR("timeout data 5m\n",
-		  "mxd.conf:1:9: unknown timeout \"data\" (command, data-init, data-block, data-term, drain or greeting)\n");
+		  "mxd.conf:1:9: unknown timeout \"data\" (command, data-init, data-block, data-term, drain, greeting or upgrade)\n");
 	PARSE_ERR("timeout\n", "mxd.conf:1:8: expected a timeout name\n");
 	PARSE_ERR("timeout command 5 minutes\n", "mxd.conf:1:19: unexpected \"minutes\"\n");
 	PARSE_ERR("timeout command 5x\n",
