@@ -545,6 +545,8 @@ static void conn_check_drain(struct conn *c)
 	if (!c->core->draining || c->closing || c->in_spool || c->smtp.in_transaction ||
 	    c->smtp.state != SMTP_S_COMMAND)
 		return;
+	if (c->core->drain_soft && c->smtp.messages == 0)
+		return; /* after an upgrade: let it deliver first (core.h) */
 	smtp_shutdown(&c->smtp, &c->out);
 	conn_close_after_flush(c, "shutdown");
 }

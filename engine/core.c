@@ -65,26 +65,71 @@ void core_rx_recycle(struct core *core, unsigned bid)
 
 /* ---- set-up (main thread) ---- */
 
-int core_prepare(struct core *core, unsigned index, int cpu, struct snapshot *snap,
-		 const int *listener_fds, uint64_t spool_next_seq)
+struct core_mail *core_mail_new(struct snapshot *snap, unsigned nsocks)
+{
+	struct core_mail *m = calloc(1, sizeof *m + (size_t)nsocks * sizeof m->socks[0]);
+	if (!m)
+		return NULL;
+	snapshot_hold(snap);
+	m->snap = snap;
+	m->nsocks = nsocks;
+	for (unsigned i = 0; i < nsocks; i++)
+		m->socks[i].fd = -1;
+	return m;
+}
+
+void core_mail_free(struct core_mail *m)
+{
+	if (!m)
+		return;
+	for (unsigned i = 0; i < m->nsocks; i++)
+		if (m->socks[i].fd >= 0)
+			close(m->socks[i].fd);
+	snapshot_release(m->snap);
+	free(m);
+}
+
+static struct core_listener *listener_new(struct core *core, const struct core_mail_sock *ms)
+{
+	struct core_listener *l = calloc(1, sizeof *l);
+	if (!l)
+		return NULL;
+	*l = (struct core_listener){
+		.core = core, .id = ms->id, .index = ms->index, .fd = ms->fd, .accepting = true};
+	return l;
+}
+
+int core_prepare(struct core *core, unsigned index, int cpu, struct core_mail *mail,
+		 uint64_t spool_next_seq)
 {
 	memset(core, 0, sizeof *core);
 	core->index = index;
 	core->cpu = cpu;
-	core->view = calloc(1, sizeof *core->view);
-	if (!core->view)
-		return -1;
-	snapshot_hold(snap);
-	core->view->snap = snap;
 	atomic_init(&core->mailbox, NULL);
-	core->nlisteners = (unsigned)snap->conf->nlisteners;
-	core->listeners = calloc(core->nlisteners, sizeof *core->listeners);
-	if (!core->listeners)
+	atomic_init(&core->spool_hold_req, 0);
+	atomic_init(&core->spool_hold_ack, 0);
+	atomic_init(&core->spool_hold_seq, 0);
+	atomic_init(&core->ready, false);
+	core->view = calloc(1, sizeof *core->view);
+	if (!core->view) {
+		core_mail_free(mail);
 		return -1;
-	for (unsigned i = 0; i < core->nlisteners; i++) {
-		core->listeners[i] = (struct core_listener){
-			.core = core, .index = i, .fd = listener_fds[i], .accepting = true};
 	}
+	struct snapshot *snap = mail->snap;
+	core->view->snap = snap; /* the mail's reference is now the view's */
+	mail->snap = NULL;
+	struct core_listener **tail = &core->listeners;
+	for (unsigned i = 0; i < mail->nsocks; i++) {
+		struct core_listener *l = listener_new(core, &mail->socks[i]);
+		if (!l) {
+			core_mail_free(mail);
+			return -1;
+		}
+		mail->socks[i].fd = -1;
+		*tail = l;
+		tail = &l->next;
+	}
+	core_mail_free(mail);
 	core->wake_fd = eventfd(0, EFD_CLOEXEC);
 	if (core->wake_fd < 0) {
 		log_error("core %u: eventfd: %s", index, strerror(errno));
@@ -95,13 +140,42 @@ int core_prepare(struct core *core, unsigned index, int cpu, struct snapshot *sn
 				 snap->conf->segment_size);
 }
 
-void core_post_config(struct core *core, struct snapshot *snap)
+void core_post_mail(struct core *core, struct core_mail *mail)
 {
-	snapshot_hold(snap);
-	struct snapshot *old = atomic_exchange(&core->mailbox, snap);
-	if (old) /* the core never picked the previous one up */
-		snapshot_release(old);
+	struct core_mail *old = atomic_exchange(&core->mailbox, mail);
+	core_mail_free(old); /* the core never picked the previous one up */
 	core_wake(core);
+}
+
+/* The main thread waits here only for a binary upgrade's hand-over: a
+ * core answers on its next loop turn, which the wake starts at once. */
+int core_spool_hold(struct core *core, bool hold, unsigned timeout_ms, uint64_t *open_seq)
+{
+	uint64_t req = atomic_load(&core->spool_hold_req);
+	req += (req % 2 == 1) == hold ? 2 : 1; /* odd: hold, even: release */
+	atomic_store(&core->spool_hold_req, req);
+	core_wake(core);
+	if (!hold)
+		return 0;
+	for (unsigned waited = 0; atomic_load(&core->spool_hold_ack) != req; waited++) {
+		if (waited >= timeout_ms)
+			return -1;
+		usleep(1000);
+	}
+	*open_seq = atomic_load(&core->spool_hold_seq);
+	return 0;
+}
+
+bool core_wait_ready(struct core *cores, unsigned n, unsigned timeout_ms)
+{
+	for (unsigned i = 0, waited = 0; i < n; i++) {
+		while (!atomic_load(&cores[i].ready)) {
+			if (waited++ >= timeout_ms)
+				return false;
+			usleep(1000);
+		}
+	}
+	return true;
 }
 
 void core_wake(struct core *core)
@@ -175,9 +249,76 @@ static int setup_rx_buffers(struct core *core)
 
 static void arm_accept(struct core_listener *l)
 {
+	assert(l->fd >= 0 && !l->armed);
 	struct io_uring_sqe *sqe = core_sqe(l->core);
 	io_uring_prep_multishot_accept(sqe, l->fd, NULL, NULL, SOCK_CLOEXEC);
 	io_uring_sqe_set_data64(sqe, op_data(l, OP_ACCEPT));
+	l->armed = true;
+}
+
+#ifdef MXD_TEST_HOOKS
+/* Test builds only: while the file named by MXD_ACCEPT_HOLD_FILE exists,
+ * the cores take no connection (looked at once a second, on the tick), so
+ * a test can have connections wait in the kernel's queues across a reload
+ * or an upgrade. */
+static void update_accept_hold(struct core *core)
+{
+	const char *trigger = getenv("MXD_ACCEPT_HOLD_FILE");
+	bool hold = trigger && access(trigger, F_OK) == 0;
+	if (hold == core->accepts_held)
+		return;
+	core->accepts_held = hold;
+	log_info("test hook: accepts %s", hold ? "held" : "released");
+	for (struct core_listener *l = core->listeners; hold && l; l = l->next) {
+		if (!l->accepting || !l->armed)
+			continue;
+		struct io_uring_sqe *sqe = core_sqe(core);
+		io_uring_prep_cancel64(sqe, op_data(l, OP_ACCEPT), 0);
+		io_uring_sqe_set_data64(sqe, op_data(NULL, OP_CANCEL));
+	}
+}
+#else
+static void update_accept_hold(struct core *core)
+{
+	(void)core;
+}
+#endif
+
+/* Accept now, or on a later tick while the test hook holds accepts. */
+static void arm_or_defer(struct core_listener *l)
+{
+	if (l->core->accepts_held)
+		l->rearm_on_tick = true;
+	else
+		arm_accept(l);
+}
+
+/* Stop accepting on l: cancel its accept and close this core's descriptor
+ * (the ring holds its own reference until the cancel lands). The kernel
+ * socket and its queue live on while another descriptor has it: the
+ * listener set's, or the next process's after an upgrade. */
+static void stop_accepting(struct core_listener *l)
+{
+	if (!l->accepting)
+		return;
+	l->accepting = false;
+	l->rearm_on_tick = false;
+	if (l->armed) {
+		struct io_uring_sqe *sqe = core_sqe(l->core);
+		io_uring_prep_cancel64(sqe, op_data(l, OP_ACCEPT), 0);
+		io_uring_sqe_set_data64(sqe, op_data(NULL, OP_CANCEL));
+	}
+	close(l->fd);
+	l->fd = -1;
+}
+
+static void free_retired(struct core *core, struct core_listener *l)
+{
+	struct core_listener **p = &core->retired;
+	while (*p != l)
+		p = &(*p)->next;
+	*p = l->next;
+	free(l);
 }
 
 static void arm_tick(struct core *core)
@@ -197,35 +338,37 @@ static void arm_wake(struct core *core)
 static void on_accept(struct core_listener *l, int res, unsigned flags)
 {
 	struct core *core = l->core;
+	if (!(flags & IORING_CQE_F_MORE))
+		l->armed = false;
 	if (res >= 0) {
-		if (l->accepting)
-			conn_accept(core, l->index, res);
-		else
+		/* Taken off the queue after an upgrade's drain stopped the
+		 * accepts: the client came for the new process, and is served
+		 * here rather than reset. After SIGTERM it is closed, and so
+		 * is one from a listener gone from the config (its index means
+		 * nothing in the current snapshot). */
+		if (l->removed || (!l->accepting && !core->drain_soft))
 			close(res);
+		else
+			conn_accept(core, l->index, res);
 	} else if (res != -ECANCELED) {
 		log_warn("accept on listener %u: %s", l->index, strerror(-res));
 	}
-	if (!(flags & IORING_CQE_F_MORE) && l->accepting) {
+	if (l->armed)
+		return;
+	if (l->removed) {
+		free_retired(core, l);
+	} else if (l->accepting) {
 		if (res == -EMFILE || res == -ENFILE || res == -ENOBUFS || res == -ENOMEM)
 			l->rearm_on_tick = true; /* retry once a second, not in a spin */
 		else
-			arm_accept(l);
+			arm_or_defer(l);
 	}
 }
 
 static void stop_listeners(struct core *core)
 {
-	for (unsigned i = 0; i < core->nlisteners; i++) {
-		struct core_listener *l = &core->listeners[i];
-		if (!l->accepting)
-			continue;
-		l->accepting = false;
-		struct io_uring_sqe *sqe = core_sqe(core);
-		io_uring_prep_cancel64(sqe, op_data(l, OP_ACCEPT), 0);
-		io_uring_sqe_set_data64(sqe, op_data(NULL, OP_CANCEL));
-		close(l->fd); /* the ring holds its own reference until the cancel */
-		l->fd = -1;
-	}
+	for (struct core_listener *l = core->listeners; l; l = l->next)
+		stop_accepting(l);
 }
 
 static void for_each_conn(struct core *core, void (*fn)(struct conn *, bool), bool arg)
@@ -241,6 +384,7 @@ static void for_each_conn(struct core *core, void (*fn)(struct conn *, bool), bo
 static void begin_drain(struct core *core)
 {
 	core->draining = true;
+	core->drain_soft = atomic_load(&g_daemon.drain_soft);
 	core->drain_deadline_ms = core->now_ms + core->view->snap->conf->timeouts.drain;
 	log_info("draining: %u sessions open, deadline in %u ms", core->nconns,
 		 core->view->snap->conf->timeouts.drain);
@@ -248,19 +392,74 @@ static void begin_drain(struct core *core)
 	for_each_conn(core, conn_drain, false);
 }
 
+static const struct core_mail_sock *mail_find(const struct core_mail *m, uint64_t id)
+{
+	for (unsigned i = 0; i < m->nsocks; i++)
+		if (m->socks[i].id == id)
+			return &m->socks[i];
+	return NULL;
+}
+
+/* Move to the mail's socket set: keep (and remap) the sockets that stay,
+ * retire the ones that are gone, accept on the new ones. Sessions accepted
+ * from here on use the new indexes with the new view. */
+static void adopt_listeners(struct core *core, struct core_mail *m)
+{
+	struct core_listener **p = &core->listeners;
+	while (*p) {
+		struct core_listener *l = *p;
+		const struct core_mail_sock *ms = mail_find(m, l->id);
+		if (ms) {
+			l->index = ms->index;
+			p = &l->next;
+			continue;
+		}
+		*p = l->next;
+		stop_accepting(l);
+		l->removed = true;
+		log_info("listener socket %llu closed: no longer in the config",
+			 (unsigned long long)l->id);
+		if (l->armed) {
+			l->next = core->retired;
+			core->retired = l;
+		} else {
+			free(l);
+		}
+	}
+	for (unsigned i = 0; i < m->nsocks; i++) {
+		struct core_mail_sock *ms = &m->socks[i];
+		bool known = false;
+		for (struct core_listener *l = core->listeners; l && !known; l = l->next)
+			known = l->id == ms->id;
+		if (known)
+			continue; /* the mail's dup of a socket we have: closed with the mail */
+		struct core_listener *l = listener_new(core, ms);
+		if (!l) {
+			log_error("out of memory for listener socket %llu", (unsigned long long)ms->id);
+			continue;
+		}
+		ms->fd = -1;
+		*p = l;
+		p = &l->next;
+		arm_or_defer(l);
+	}
+}
+
 static void take_new_config(struct core *core)
 {
-	struct snapshot *snap = atomic_exchange(&core->mailbox, NULL);
-	if (!snap)
+	struct core_mail *m = atomic_exchange(&core->mailbox, NULL);
+	if (!m)
 		return;
+	struct snapshot *snap = m->snap;
 	struct core_view *v = calloc(1, sizeof *v);
 	if (!v) {
 		log_error("out of memory taking config generation %llu",
 			  (unsigned long long)snap->generation);
-		snapshot_release(snap);
+		core_mail_free(m);
 		return;
 	}
-	v->snap = snap; /* the reference core_post_config took is now ours */
+	v->snap = snap; /* the mail's reference is now the view's */
+	m->snap = NULL;
 	struct core_view *old = core->view;
 	core->view = v;
 	if (old->sessions == 0) {
@@ -270,8 +469,22 @@ static void take_new_config(struct core *core)
 		old->next = core->old_views;
 		core->old_views = old;
 	}
+	if (!core->draining)
+		adopt_listeners(core, m);
+	core_mail_free(m);
 	log_info("config generation %llu in use for new sessions",
 		 (unsigned long long)snap->generation);
+}
+
+/* A binary upgrade's hand-over: see core_spool_hold(). */
+static void apply_spool_hold(struct core *core)
+{
+	uint64_t req = atomic_load(&core->spool_hold_req);
+	if (req == atomic_load(&core->spool_hold_ack))
+		return;
+	uint64_t seq = spool_writer_hold(&core->spool, req % 2 == 1);
+	atomic_store(&core->spool_hold_seq, seq);
+	atomic_store(&core->spool_hold_ack, req);
 }
 
 static void on_wake(struct core *core, int res)
@@ -279,7 +492,7 @@ static void on_wake(struct core *core, int res)
 	if (res < 0 && res != -EAGAIN && res != -EINTR)
 		log_error("wake read: %s", strerror(-res));
 	take_new_config(core);
-	core_query_serve(core); /* the control socket's session list */
+	apply_spool_hold(core);
 	if (atomic_load(&g_daemon.draining) && !core->draining)
 		begin_drain(core);
 	arm_wake(core);
@@ -294,9 +507,9 @@ static void conn_tick_adapter(struct conn *c, bool unused)
 static void on_tick(struct core *core)
 {
 	for_each_conn(core, conn_tick_adapter, false);
-	for (unsigned i = 0; i < core->nlisteners; i++) {
-		struct core_listener *l = &core->listeners[i];
-		if (l->rearm_on_tick && l->accepting) {
+	update_accept_hold(core);
+	for (struct core_listener *l = core->listeners; l; l = l->next) {
+		if (l->rearm_on_tick && l->accepting && !core->accepts_held) {
 			l->rearm_on_tick = false;
 			arm_accept(l);
 		}
@@ -388,11 +601,21 @@ static void release_views(struct core *core)
 		snapshot_release(v->snap);
 		free(v);
 	}
-	snapshot_release(atomic_exchange(&core->mailbox, NULL));
+	core_mail_free(atomic_exchange(&core->mailbox, NULL));
 	snapshot_release(core->view->snap);
 	free(core->view);
 	core->view = NULL;
-	free(core->listeners);
+	struct core_listener *lists[2] = {core->listeners, core->retired};
+	for (int i = 0; i < 2; i++) {
+		while (lists[i]) {
+			struct core_listener *l = lists[i];
+			lists[i] = l->next;
+			if (l->fd >= 0)
+				close(l->fd);
+			free(l);
+		}
+	}
+	core->listeners = core->retired = NULL;
 	munmap(core->rx_ring, core->rx_count * sizeof(struct io_uring_buf));
 	free(core->rx_mem);
 	close(core->wake_fd);
@@ -410,12 +633,17 @@ static void *core_main(void *arg)
 		exit(1); /* start-up: the daemon cannot run without this core */
 	}
 	core->now_ms = monotonic_ms();
-	for (unsigned i = 0; i < core->nlisteners; i++)
-		arm_accept(&core->listeners[i]);
+	update_accept_hold(core);
+	for (struct core_listener *l = core->listeners; l; l = l->next)
+		arm_or_defer(l);
 	arm_tick(core);
 	arm_wake(core);
 	if (atomic_load(&g_daemon.draining))
 		begin_drain(core);
+	/* accepting from here: a binary upgrade tells the old process only
+	 * when every core is */
+	io_uring_submit(&core->ring);
+	atomic_store(&core->ready, true);
 	run_loop(core);
 	spool_writer_close(&core->spool);
 	log_info("stopped: %llu messages committed in %llu batches; sessions plaintext=%llu "
@@ -426,7 +654,6 @@ static void *core_main(void *arg)
 		 (unsigned long long)core->sessions_by_path[1],
 		 (unsigned long long)core->sessions_by_path[2]);
 	log_thread_exit();
-	core_query_free(&core->query);
 	io_uring_queue_exit(&core->ring);
 	conn_free_pool(core);
 	release_views(core);

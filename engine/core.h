@@ -48,12 +48,37 @@ struct core_view {
 	struct core_view *next;
 };
 
+/* One listening socket this core accepts on. Allocated one by one: the
+ * ring's multishot accept points at it until its last completion, so a
+ * listener removed by a reload is freed only then (core->retired). */
 struct core_listener {
 	struct core *core;
-	unsigned index;   /* into snapshot conf->listeners */
-	int fd;
+	struct core_listener *next;
+	uint64_t id;      /* the listener set's socket id (listeners.h) */
+	unsigned index;   /* into the current snapshot's conf->listeners */
+	int fd;           /* this core's own descriptor; -1 once closed */
 	bool accepting;
+	bool armed;       /* a multishot accept is in the ring */
+	bool removed;     /* gone from the config: its index means nothing */
 	bool rearm_on_tick;  /* accept failed for lack of fds or memory */
+};
+
+/* What the main thread posts to a core: a config snapshot and the sockets
+ * to accept on under it. The core takes the snapshot reference and the
+ * descriptors (its own dups): a socket whose id it already has keeps its
+ * accept running (with the index remapped), a new one gets an accept, and
+ * one of its sockets missing from the mail has its accept cancelled and
+ * is closed. */
+struct core_mail_sock {
+	int fd;
+	uint64_t id;
+	unsigned index;   /* into snap->conf->listeners */
+};
+
+struct core_mail {
+	struct snapshot *snap;
+	unsigned nsocks;
+	struct core_mail_sock socks[];
 };
 
 struct core {
@@ -68,12 +93,22 @@ struct core {
 	unsigned rx_count;
 	unsigned rx_size;
 
-	struct core_listener *listeners;
-	unsigned nlisteners;
+	struct core_listener *listeners; /* accepting (or stopped by a drain) */
+	struct core_listener *retired;   /* removed, waiting for their last accept completion */
 
 	struct core_view *view;       /* current config */
 	struct core_view *old_views;  /* still used by sessions */
-	_Atomic(struct snapshot *) mailbox; /* new config from the main thread */
+	_Atomic(struct core_mail *) mailbox; /* new config from the main thread */
+
+	/* Binary upgrade: the main thread asks the core to hold its spool
+	 * (open no new segment: the next process starts its own past this
+	 * one's). Odd request numbers hold, even ones release; the core
+	 * answers with the request it applied and the segment it has open. */
+	atomic_uint_fast64_t spool_hold_req;
+	atomic_uint_fast64_t spool_hold_ack;
+	atomic_uint_fast64_t spool_hold_seq; /* 0: no segment open */
+	atomic_bool ready;            /* accepts armed and submitted */
+	bool accepts_held;            /* test builds: MXD_ACCEPT_HOLD_FILE exists */
 
 	int wake_fd;
 	uint64_t wake_value;
@@ -93,6 +128,7 @@ struct core {
 
 	uint64_t now_ms;              /* monotonic, read once per loop turn */
 	bool draining;
+	bool drain_soft;              /* g_daemon.drain_soft when the drain began */
 	uint64_t drain_deadline_ms;
 	bool stopped;
 	int exit_status;
@@ -104,18 +140,36 @@ struct daemon {
 	struct core *cores;
 	atomic_bool draining;
 	atomic_bool paused;           /* control "pause": new mail gets 421 4.3.2 */
+	/* A drain after a binary upgrade: a session that has not yet
+	 * committed a message is left to finish (its client connected to
+	 * deliver); one that has gets 421 once idle, as on SIGTERM. The
+	 * drain deadline applies to both. */
+	atomic_bool drain_soft;
 	const char *config_path;
 };
 
 extern struct daemon g_daemon;
 
-/* Create listener sockets and per-core state (main thread, before
- * core_start). Returns 0 or -1 after logging why. */
-int core_prepare(struct core *core, unsigned index, int cpu, struct snapshot *snap,
-		 const int *listener_fds, uint64_t spool_next_seq);
+/* Per-core state (main thread, before core_start); takes the mail (its
+ * snapshot and sockets). Returns 0 or -1 after logging why. */
+int core_prepare(struct core *core, unsigned index, int cpu, struct core_mail *mail,
+		 uint64_t spool_next_seq);
 int core_start(struct core *core);
-/* Main thread: hand the core a new snapshot (takes its own reference). */
-void core_post_config(struct core *core, struct snapshot *snap);
+/* Main thread: wait until every core accepts (true) or timeout_ms passed. */
+bool core_wait_ready(struct core *cores, unsigned n, unsigned timeout_ms);
+
+/* A mail for nsocks sockets under snap (takes its own reference); the
+ * sockets' fds start at -1. core_mail_free closes the fds still in it. */
+struct core_mail *core_mail_new(struct snapshot *snap, unsigned nsocks);
+void core_mail_free(struct core_mail *m);
+/* Main thread: hand the core a new config and socket set (the core owns
+ * the mail from here; one it never picked up is freed). */
+void core_post_mail(struct core *core, struct core_mail *mail);
+
+/* Main thread: hold (true) or release the core's spool, see spool_hold_*.
+ * Holding waits up to timeout_ms for the core's answer and gives the
+ * segment it has open (0: none); -1 when the core did not answer. */
+int core_spool_hold(struct core *core, bool hold, unsigned timeout_ms, uint64_t *open_seq);
 /* Main thread: nudge the core to look at its mailbox / draining flag. */
 void core_wake(struct core *core);
 

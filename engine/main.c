@@ -19,12 +19,19 @@
 #include "control.h"
 #include "core.h"
 #include "ktls.h"
+#include "listeners.h"
 #include "log.h"
 #include "metrics.h"
 #include "spool.h"
+#include "upgrade.h"
 
 #define MAX_CORES 256
-#define LISTEN_BACKLOG 4096
+/* How long start-up waits for every core to accept. */
+#define CORES_READY_TIMEOUT_MS 10000
+
+/* The listening sockets (main thread): reload changes them, an upgrade
+ * hands them over, a drain closes them. */
+static struct listener_set g_listeners;
 
 struct options {
 	const char *config_path;
@@ -124,7 +131,7 @@ static int recover_core(const char *dir, unsigned core, uint64_t *next_seq)
 	struct buf log;
 	buf_init(&log, 0);
 	memset(&r, 0, sizeof r);
-	int rc = spool_recover(dir, core, &r, &log);
+	int rc = spool_recover_except(dir, core, upgrade_in_use_seq(core), &r, &log);
 	if (log.len > 0) {
 		buf_append(&log, "", 1);
 		char *save = NULL;
@@ -172,50 +179,6 @@ static int recover_spool(const char *dir, unsigned ncores, uint64_t *next_seq)
 	return rc;
 }
 
-static int open_listener(const struct conf_listener *l)
-{
-	int fd = socket(l->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return -1;
-	int one = 1;
-	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
-	    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0 ||
-	    /* accepted sockets inherit it: replies go out without Nagle delay */
-	    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) < 0)
-		goto fail;
-	if (l->addr.ss_family == AF_INET6 &&
-	    setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) < 0)
-		goto fail;
-	if (bind(fd, (const struct sockaddr *)&l->addr, l->addr_len) < 0 ||
-	    listen(fd, LISTEN_BACKLOG) < 0)
-		goto fail;
-	return fd;
-fail:;
-	int saved = errno;
-	close(fd);
-	errno = saved;
-	return -1;
-}
-
-/* One SO_REUSEPORT socket per listener per core, all opened here so that a
- * bad address fails the start-up with a clear message. */
-static int open_listeners(const struct conf *c, unsigned ncores, int *fds)
-{
-	for (unsigned core = 0; core < ncores; core++) {
-		for (size_t i = 0; i < c->nlisteners; i++) {
-			const struct conf_listener *l = &c->listeners[i];
-			int fd = open_listener(l);
-			if (fd < 0) {
-				log_error("%s:%d:%d: listen on %s port %u: %s", c->path, l->line, l->col,
-					  l->addr_text, l->port, strerror(errno));
-				return -1;
-			}
-			fds[core * c->nlisteners + i] = fd;
-		}
-	}
-	return 0;
-}
-
 static void log_tls_path(const struct snapshot *s)
 {
 	if (s->conf->npkis == 0)
@@ -228,6 +191,50 @@ static void log_tls_path(const struct snapshot *s)
 	else
 		log_info("tls: userspace path (BoringSSL records): this kernel has no kTLS "
 			 "(TCP_ULP \"tls\")");
+}
+
+/* The next listener set (sockets that stay are kept, with the connections
+ * queued on them; new ones opened) and a mail per core with it and the
+ * snapshot; all or nothing. */
+static int publish(const struct snapshot *cur, struct snapshot *next, struct buf *reply)
+{
+	struct buf errs;
+	buf_init(&errs, 0);
+	struct listener_set set;
+	if (listener_set_reload(&g_listeners, next->conf, &set, &errs) < 0) {
+		buf_append(&errs, "", 1);
+		log_error("reload refused: %.*s", (int)strcspn(errs.data, "\n"), errs.data);
+		if (reply)
+			buf_append_str(reply, errs.data);
+		buf_free(&errs);
+		return -1;
+	}
+	buf_free(&errs);
+	struct core_mail **mails = calloc(g_daemon.ncores, sizeof *mails);
+	for (unsigned i = 0; mails && i < g_daemon.ncores; i++) {
+		mails[i] = listener_set_mail(&set, i, next);
+		if (!mails[i]) {
+			while (i-- > 0)
+				core_mail_free(mails[i]);
+			free(mails);
+			mails = NULL;
+		}
+	}
+	if (!mails) {
+		log_error("reload refused: out of memory or descriptors for the cores' listeners");
+		if (reply)
+			buf_printf(reply, "out of memory or descriptors for the cores' listeners\n");
+		listener_set_abandon(&set);
+		return -1;
+	}
+	if (strcmp(cur->conf->spool_dir, next->conf->spool_dir) != 0)
+		log_warn("reload: spool directory changes need a restart; keeping %s",
+			 cur->conf->spool_dir);
+	for (unsigned i = 0; i < g_daemon.ncores; i++)
+		core_post_mail(&g_daemon.cores[i], mails[i]);
+	free(mails);
+	listener_set_commit(&g_listeners, &set);
+	return 0;
 }
 
 /* Reloads the config: new sessions get it, sessions in progress finish on
@@ -257,18 +264,10 @@ static int reload(struct snapshot **current, struct buf *reply)
 		return -1;
 	}
 	buf_free(&errs);
-	if (!snapshot_same_listeners(*current, next)) {
-		log_error("reload refused: listeners changed; restart mxd to change listeners");
-		if (reply)
-			buf_printf(reply, "listeners changed; restart mxd to change listeners\n");
+	if (publish(*current, next, reply) < 0) {
 		snapshot_release(next);
 		return -1;
 	}
-	if (strcmp((*current)->conf->spool_dir, next->conf->spool_dir) != 0)
-		log_warn("reload: spool directory changes need a restart; keeping %s",
-			 (*current)->conf->spool_dir);
-	for (unsigned i = 0; i < g_daemon.ncores; i++)
-		core_post_config(&g_daemon.cores[i], next);
 	snapshot_release(*current);
 	*current = next;
 	log_info("reload: config generation %llu published", (unsigned long long)generation);
@@ -287,7 +286,7 @@ static int reload(struct snapshot **current, struct buf *reply)
 /* Every signal the loop handles: blocked at start-up (the core threads
  * inherit the mask) and read from the signalfd. Add a signal here and a
  * case in on_signal(). */
-static const int handled_signals[] = {SIGTERM, SIGINT, SIGHUP};
+static const int handled_signals[] = {SIGTERM, SIGINT, SIGHUP, SIGUSR2};
 #define NHANDLED_SIGNALS (sizeof handled_signals / sizeof handled_signals[0])
 
 /* poll(2) slots: the signalfd, then the control socket's. */
@@ -310,6 +309,9 @@ static enum loop_next on_signal(int sig, struct snapshot **current)
 	case SIGHUP:
 		reload(current, NULL);
 		return LOOP_CONTINUE;
+	case SIGUSR2:
+		log_info("SIGUSR2: binary upgrade");
+		return upgrade_start() == UPGRADE_OK ? LOOP_DRAIN : LOOP_CONTINUE;
 	case SIGTERM:
 	case SIGINT:
 		log_info("%s: draining", sig == SIGTERM ? "SIGTERM" : "SIGINT");
@@ -346,6 +348,11 @@ static int drain_cores(void)
 	atomic_store(&g_daemon.draining, true);
 	for (unsigned i = 0; i < g_daemon.ncores; i++)
 		core_wake(&g_daemon.cores[i]);
+	/* the cores close their own descriptors: with these gone the
+	 * sockets close (or, after an upgrade, live on in the new process) */
+	listener_set_close(&g_listeners);
+	if (upgrade_handed_over())
+		metrics_server_stop(); /* scrapes go to the new process */
 	int status = 0;
 	for (unsigned i = 0; i < g_daemon.ncores; i++) {
 		pthread_join(g_daemon.cores[i].thread, NULL);
@@ -382,6 +389,8 @@ static int main_loop(struct snapshot **current)
 			next = read_signals(sfd, current);
 		if (next == LOOP_CONTINUE)
 			control_service(&pfd[1], nctl);
+		if (upgrade_handed_over()) /* "mxctl upgrade": the reply is sent */
+			next = LOOP_DRAIN;
 	}
 	close(sfd);
 	control_close(); /* nobody serves it while the cores drain */
@@ -393,6 +402,14 @@ static int main_loop(struct snapshot **current)
 static int control_reload(void *ctx, struct buf *reply)
 {
 	return reload(ctx, reply);
+}
+
+static int control_upgrade(void *ctx, struct buf *reply)
+{
+	(void)ctx;
+	int rc = upgrade_start();
+	buf_printf(reply, "%s\n", upgrade_result_text());
+	return rc == UPGRADE_OK ? 0 : -1;
 }
 
 static const struct snapshot *control_current(void *ctx)
@@ -430,6 +447,9 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	block_signals();
+	upgrade_setup(argv, &g_listeners, &snap);
+	if (upgrade_inherit() < 0)
+		return 1;
 
 	static int cpus[MAX_CORES];
 	unsigned ncpus = available_cpus(cpus, MAX_CORES);
@@ -442,20 +462,21 @@ int main(int argc, char **argv)
 	atomic_init(&g_daemon.paused, false);
 
 	uint64_t *next_seq = calloc(ncores, sizeof *next_seq);
-	int *fds = calloc((size_t)ncores * c->nlisteners, sizeof *fds);
 	g_daemon.cores = calloc(ncores, sizeof *g_daemon.cores);
-	if (!next_seq || !fds || !g_daemon.cores) {
+	if (!next_seq || !g_daemon.cores) {
 		log_error("out of memory");
 		return 1;
 	}
 	if (recover_spool(c->spool_dir, ncores, next_seq) < 0)
 		return 1;
-	if (open_listeners(c, ncores, fds) < 0)
+	size_t ninherited;
+	int *inherited = upgrade_sockets(UPGRADE_SOCK_LISTENER, &ninherited);
+	if (listener_set_open(&g_listeners, c, ncores, inherited, ninherited) < 0)
 		return 1;
 	for (unsigned i = 0; i < ncores; i++) {
 		int cpu = ncores <= ncpus ? cpus[i] : -1;
-		if (core_prepare(&g_daemon.cores[i], i, cpu, snap, &fds[i * c->nlisteners],
-				 next_seq[i]) < 0)
+		struct core_mail *mail = listener_set_mail(&g_listeners, i, snap);
+		if (!mail || core_prepare(&g_daemon.cores[i], i, cpu, mail, next_seq[i]) < 0)
 			return 1;
 	}
 	/* before the cores run, so a metrics port in use stops start-up
@@ -466,13 +487,18 @@ int main(int argc, char **argv)
 		.ctx = &snap,
 		.reload = control_reload,
 		.current = control_current,
-		.upgrade = NULL, /* no binary upgrade in this build */
+		.upgrade = control_upgrade,
 	};
 	if (control_open(&c->control, &ops) < 0)
 		return 1;
 	for (unsigned i = 0; i < ncores; i++)
 		if (core_start(&g_daemon.cores[i]) < 0)
 			return 1;
+	if (!core_wait_ready(g_daemon.cores, ncores, CORES_READY_TIMEOUT_MS)) {
+		log_error("the cores did not start accepting within %u ms", CORES_READY_TIMEOUT_MS);
+		return 1;
+	}
+	upgrade_ready(); /* after an upgrade: the previous process may drain now */
 	for (size_t i = 0; i < c->nlisteners; i++)
 		log_info("listening on %s port %u", c->listeners[i].addr_text, c->listeners[i].port);
 	log_info("mxd started: %u cores, spool %s, max message size %llu", ncores, c->spool_dir,
@@ -483,7 +509,6 @@ int main(int argc, char **argv)
 	metrics_server_stop();
 	log_info("mxd stopped");
 	snapshot_release(snap);
-	free(fds);
 	free(next_seq);
 	return status;
 }

@@ -1,17 +1,22 @@
 #include "metrics.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <netinet/in.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
 
 #include "conf.h"
 #include "core.h"
+#include "listeners.h"
 #include "log.h"
+#include "upgrade.h"
 
 /* ---- the core side: cheap, no syscalls ---- */
 
@@ -214,11 +219,12 @@ int metrics_render(struct buf *out, const struct core *cores, unsigned n)
 
 static struct {
 	int fd;
+	int stop_fd;      /* eventfd: stop without touching the socket */
 	pthread_t thread;
 	bool running;
 	const struct core *cores;
 	unsigned ncores;
-} server = {.fd = -1};
+} server = {.fd = -1, .stop_fd = -1};
 
 static void write_all(int fd, const char *p, size_t n)
 {
@@ -280,20 +286,28 @@ static void serve(int fd)
 	shutdown(fd, SHUT_WR);
 }
 
+/* The listening socket is non-blocking and waited on with poll: during a
+ * binary upgrade it is shared with the new process, which may take the
+ * connection first, and stopping must not shutdown() a socket the other
+ * process still serves. */
 static void *server_main(void *arg)
 {
 	(void)arg;
 	log_thread_init("metrics", 0);
 	for (;;) {
+		struct pollfd p[2] = {{.fd = server.fd, .events = POLLIN},
+				      {.fd = server.stop_fd, .events = POLLIN}};
+		if (poll(p, 2, -1) < 0 && errno != EINTR)
+			break;
+		if (p[1].revents)
+			break;
+		if (!p[0].revents)
+			continue;
 		int fd = accept4(server.fd, NULL, NULL, SOCK_CLOEXEC);
 		if (fd < 0) {
-			if (errno == EINTR || errno == ECONNABORTED || errno == EMFILE ||
-			    errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-				if (errno != EINTR && errno != ECONNABORTED)
-					usleep(100000);
-				continue;
-			}
-			break; /* EINVAL after shutdown(): stopping */
+			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
+				usleep(100000);
+			continue; /* EAGAIN: the other process of an upgrade took it */
 		}
 		serve(fd);
 		close(fd);
@@ -303,10 +317,20 @@ static void *server_main(void *arg)
 	return NULL;
 }
 
-int metrics_server_start(const struct conf_listener *l, const struct core *cores,
-			 unsigned ncores)
+/* A listening socket for l: the one the previous process handed over
+ * when it is bound there, else a new one. */
+static int listen_socket(const struct conf_listener *l)
 {
-	int fd = socket(l->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	int fd = upgrade_take_socket(UPGRADE_SOCK_METRICS);
+	if (fd >= 0) {
+		struct sockaddr_storage ss;
+		socklen_t len = sizeof ss;
+		if (getsockname(fd, (struct sockaddr *)&ss, &len) == 0 &&
+		    sockaddr_same(&ss, len, &l->addr, l->addr_len))
+			return fd;
+		close(fd); /* the metrics address changed */
+	}
+	fd = socket(l->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0) {
 		log_error("metrics: socket: %s", strerror(errno));
 		return -1;
@@ -321,6 +345,21 @@ int metrics_server_start(const struct conf_listener *l, const struct core *cores
 		close(fd);
 		return -1;
 	}
+	return fd;
+}
+
+int metrics_server_start(const struct conf_listener *l, const struct core *cores,
+			 unsigned ncores)
+{
+	int fd = listen_socket(l);
+	if (fd < 0)
+		return -1;
+	server.stop_fd = eventfd(0, EFD_CLOEXEC);
+	if (server.stop_fd < 0 || fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) < 0) {
+		log_error("metrics: %s", strerror(errno));
+		close(fd);
+		return -1;
+	}
 	server.fd = fd;
 	server.cores = cores;
 	server.ncores = ncores;
@@ -332,6 +371,7 @@ int metrics_server_start(const struct conf_listener *l, const struct core *cores
 		return -1;
 	}
 	server.running = true;
+	upgrade_set_socket(UPGRADE_SOCK_METRICS, fd);
 	log_info("metrics on http://%s:%u/metrics", l->addr_text, l->port);
 	return 0;
 }
@@ -340,9 +380,13 @@ void metrics_server_stop(void)
 {
 	if (!server.running)
 		return;
-	shutdown(server.fd, SHUT_RDWR); /* wakes the blocking accept with EINVAL */
+	uint64_t one = 1;
+	if (write(server.stop_fd, &one, sizeof one) < 0)
+		log_error("metrics: cannot stop: %s", strerror(errno));
 	pthread_join(server.thread, NULL);
+	upgrade_set_socket(UPGRADE_SOCK_METRICS, -1);
 	close(server.fd);
-	server.fd = -1;
+	close(server.stop_fd);
+	server.fd = server.stop_fd = -1;
 	server.running = false;
 }

@@ -94,19 +94,3 @@ void snapshot_release(struct snapshot *s)
 	conf_free(s->conf);
 	free(s);
 }
-
-static int same_listener(const struct conf_listener *a, const struct conf_listener *b)
-{
-	return a->addr_len == b->addr_len && memcmp(&a->addr, &b->addr, a->addr_len) == 0 &&
-	       a->flags == b->flags;
-}
-
-int snapshot_same_listeners(const struct snapshot *a, const struct snapshot *b)
-{
-	if (a->conf->nlisteners != b->conf->nlisteners)
-		return 0;
-	for (size_t i = 0; i < a->conf->nlisteners; i++)
-		if (!same_listener(&a->conf->listeners[i], &b->conf->listeners[i]))
-			return 0;
-	return 1;
-}

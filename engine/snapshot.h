@@ -33,8 +33,4 @@ struct snapshot *snapshot_load(const char *path, uint64_t generation, bool ktls_
 void snapshot_hold(struct snapshot *s);
 void snapshot_release(struct snapshot *s);
 
-/* Can sessions move from a to b without reopening sockets? (same
- * listeners, addresses and options in the same order) */
-int snapshot_same_listeners(const struct snapshot *a, const struct snapshot *b);
-
 #endif
