@@ -358,6 +358,9 @@ int metrics_server_start(const struct conf_listener *l, const struct core *cores
 	if (server.stop_fd < 0 || fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) < 0) {
 		log_error("metrics: %s", strerror(errno));
 		close(fd);
+		if (server.stop_fd >= 0)
+			close(server.stop_fd);
+		server.stop_fd = -1;
 		return -1;
 	}
 	server.fd = fd;
@@ -367,7 +370,8 @@ int metrics_server_start(const struct conf_listener *l, const struct core *cores
 	if (rc != 0) {
 		log_error("metrics: pthread_create: %s", strerror(rc));
 		close(fd);
-		server.fd = -1;
+		close(server.stop_fd);
+		server.fd = server.stop_fd = -1;
 		return -1;
 	}
 	server.running = true;
