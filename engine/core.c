@@ -492,6 +492,7 @@ static void on_wake(struct core *core, int res)
 	if (res < 0 && res != -EAGAIN && res != -EINTR)
 		log_error("wake read: %s", strerror(-res));
 	take_new_config(core);
+	core_query_serve(core); /* the control socket's session list */
 	apply_spool_hold(core);
 	if (atomic_load(&g_daemon.draining) && !core->draining)
 		begin_drain(core);
@@ -654,6 +655,7 @@ static void *core_main(void *arg)
 		 (unsigned long long)core->sessions_by_path[1],
 		 (unsigned long long)core->sessions_by_path[2]);
 	log_thread_exit();
+	core_query_free(&core->query);
 	io_uring_queue_exit(&core->ring);
 	conn_free_pool(core);
 	release_views(core);
