@@ -41,6 +41,13 @@ class ConfigCheckTest(MxdTestCase):
             "timeout data-block 3m",
             "timeout data-term 10m",
             "timeout drain 30s",
+            "relay lifetime 5d",
+            "relay retry 1m..4h",
+            "relay connections 4",
+            "relay timeout connect 30s",
+            "bounce relay via smtp://127.0.0.1:2526",
+            'accept from any for domain relay.example relay via "lmtp://127.0.0.1:24", '
+            "lmtp:/run/dovecot/lmtp",
         ])
         text = "# a comment\n\n" + text + "table rcpts { postmaster@example.com, abuse@example.com }\n"
         p = self.write("good.conf", text)
@@ -73,6 +80,8 @@ class ConfigCheckTest(MxdTestCase):
             ("bad number", "max-recipients many", 5),
             ("bad cores", "cores -1", 5),
             ("bad listen address", "listen on 999.1.1.1 port 25", 5),
+            ("bad next hop", "accept from any for any relay via smtp://mx.example.com", 5),
+            ("bad relay retry", "relay retry 4h..1m", 5),
         ]
         for desc, line, lineno in cases:
             with self.subTest(desc):
