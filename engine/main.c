@@ -489,8 +489,10 @@ int main(int argc, char **argv)
 		.current = control_current,
 		.upgrade = control_upgrade,
 	};
-	if (control_open(&c->control, &ops) < 0)
+	if (control_open(&c->control, &ops) < 0) {
+		free(next_seq); /* the rest hangs off g_daemon: no leak report */
 		return 1;
+	}
 	for (unsigned i = 0; i < ncores; i++)
 		if (core_start(&g_daemon.cores[i]) < 0)
 			return 1;
