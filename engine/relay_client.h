@@ -50,7 +50,7 @@
 
 /* Defaults for struct relay_client_config. */
 #define RELAY_REPLY_MAX_DEFAULT 4096u     /* bytes of one reply, every line */
-#define RELAY_BDAT_CHUNK_DEFAULT 65536u   /* bytes per BDAT chunk */
+#define RELAY_BDAT_CHUNK_DEFAULT (1024u * 1024u) /* bytes per BDAT chunk (conf: relay chunk-size) */
 #define RELAY_BDAT_WINDOW_DEFAULT 8u      /* BDAT chunks awaiting replies */
 #define RELAY_REPLY_MIN 64u               /* smallest usable reply bound */
 #define RELAY_ERROR_MAX 512               /* relay_client_error() text */
