@@ -957,6 +957,180 @@ static void test_idle_replies(void)
 	hand_end(&h);
 }
 
+/* ------------------------------------------- against mxd's own server */
+
+/* The client and engine/smtp.c, mxd's real SMTP server state machine,
+ * wired back to back: whatever the extensions used, what the server takes
+ * in must be exactly what the client was given. */
+struct interop {
+	struct smtp_config scfg;
+	struct smtp_peer peer;
+	struct smtp_session s;
+	char line[1000];
+	struct buf s_out, c_out;
+	struct relay_client_config ccfg;
+	char reply[4096];
+	struct relay_client c;
+	struct run r;
+	struct buf got;        /* what the server received, message by message */
+};
+
+static void log_received(struct interop *io)
+{
+	const struct smtp_envelope *e = &io->s.env;
+	buf_printf(&io->got, "from=<%s> size=%" PRIu64 " body=%d utf8=%d ret=%d envid=%s chunking=%d\n",
+		   e->mail_from, e->size_param, e->body_type, e->smtputf8, e->ret,
+		   e->envid ? e->envid : "-", e->chunking);
+	for (uint32_t i = 0; i < e->nrcpt; i++)
+		buf_printf(&io->got, " to=<%s> notify=%u orcpt=%s\n", e->rcpts[i].addr, e->rcpts[i].notify,
+			   e->rcpts[i].orcpt ? e->rcpts[i].orcpt : "-");
+	buf_append_str(&io->got, " [");
+	buf_append(&io->got, io->s.body.data, io->s.body.len);
+	buf_append_str(&io->got, "]\n");
+}
+
+static void server_take(struct interop *io)
+{
+	size_t pos = 0;
+	while (pos < io->c_out.len) {
+		size_t used = 0;
+		enum smtp_status st = smtp_feed(&io->s, io->c_out.data + pos, io->c_out.len - pos, &used,
+						&io->s_out);
+		pos += used;
+		if (st == SMTP_MESSAGE_READY) {
+			log_received(io);
+			smtp_commit_done(&io->s, true, false, "ID", &io->s_out);
+		} else if (st == SMTP_STARTTLS) {
+			io->peer.tls = true;
+			smtp_tls_established(&io->s);
+		} else if (st != SMTP_NEED_MORE) {
+			break;
+		}
+	}
+	buf_consume(&io->c_out, pos);
+}
+
+static const char interop_body1[] = "Subject: one\r\n\r\n.hello\r\n..\r\n.\r\nend\r\n";
+static const char interop_body2[] = "Subject: two\r\n\r\nd\xc3\xa9j\xc3\xa0 vu\r\n";
+
+static void interop_run(bool pipelining, bool chunking, uint32_t chunk, bool starttls, size_t piece,
+			const char *want)
+{
+	struct interop *io = calloc(1, sizeof *io);
+	io->scfg = (struct smtp_config){ .hostname = "mx.test", .max_line_length = sizeof io->line,
+					 .max_message_size = 200, .max_recipients = 10,
+					 .starttls_offered = starttls };
+	strcpy(io->peer.addr_str, "192.0.2.1");
+	smtp_session_init(&io->s, &io->scfg, &io->peer, io->line, (struct smtp_hooks){ 0 });
+	buf_init(&io->s_out, 0);
+	buf_init(&io->c_out, 0);
+	buf_init(&io->got, 0);
+	buf_init(&io->r.out, 0);
+	buf_init(&io->r.outcomes, 0);
+	io->ccfg = relay_client_config_default(HELO);
+	io->ccfg.no_pipelining = !pipelining;
+	io->ccfg.no_chunking = !chunking;
+	io->ccfg.bdat_chunk = chunk;
+	io->ccfg.tls = starttls ? RELAY_TLS_STARTTLS : RELAY_TLS_NONE;
+	relay_client_init(&io->c, &io->ccfg, io->reply, (struct relay_hooks){ &io->r, on_outcome });
+	smtp_greeting(&io->s, &io->s_out);
+
+	struct relay_rcpt rc1[2] = {
+		{ .addr = "b@y.test", .addr_len = 8, .notify = SMTP_NOTIFY_FAILURE | SMTP_NOTIFY_DELAY,
+		  .orcpt = "rfc822;b+2By@y.test", .orcpt_len = 19, .id = 0 },
+		{ .addr = "c@y.test", .addr_len = 8, .id = 1 },
+	};
+	struct relay_rcpt rc2[1] = { { .addr = "j\xc3\xb6rg@y.test", .addr_len = 12, .id = 10 } };
+	struct relay_rcpt rc3[1] = { { .addr = "big@y.test", .addr_len = 10, .id = 20 } };
+	static char big[300];
+	memset(big, 'x', sizeof big);
+	struct relay_message msgs[3] = {
+		{ .mail_from = "a@x.test", .mail_from_len = 8, .size = sizeof interop_body1 - 1,
+		  .ret = SMTP_RET_HDRS, .envid = "E+2B1", .envid_len = 5, .rcpts = rc1, .nrcpt = 2 },
+		{ .mail_from = "", .mail_from_len = 0, .size = sizeof interop_body2 - 1,
+		  .body_type = SMTP_BODY_8BITMIME, .smtputf8 = true, .rcpts = rc2, .nrcpt = 1 },
+		{ .mail_from = "a@x.test", .mail_from_len = 8, .size = sizeof big, .rcpts = rc3, .nrcpt = 1 },
+	};
+	const char *bodies[3] = { interop_body1, interop_body2, big };
+	unsigned next = 0;
+	size_t given = 0;
+	bool quit = false;
+	for (int steps = 0; steps < 10000; steps++) {
+		if (io->s_out.len) {
+			size_t used = 0;
+			relay_client_feed(&io->c, io->s_out.data, io->s_out.len, &used, &io->c_out);
+			buf_consume(&io->s_out, used);
+		}
+		enum relay_status st = relay_client_status(&io->c);
+		if (st == RELAY_CLOSED)
+			break;
+		if (st == RELAY_READY && next < 3) {
+			given = 0;
+			relay_client_message(&io->c, &msgs[next++], &io->c_out);
+		} else if (st == RELAY_READY && !quit) {
+			quit = true;
+			relay_client_quit(&io->c, &io->c_out);
+		} else if (st == RELAY_WANT_BODY) {
+			size_t n = msgs[next - 1].size - given, used = 0;
+			if (n > piece)
+				n = piece;
+			relay_client_body(&io->c, bodies[next - 1] + given, n, &used, &io->c_out);
+			given += used;
+		} else if (st == RELAY_START_TLS) {
+			relay_client_tls_done(&io->c, &io->c_out);
+		}
+		server_take(io);
+	}
+	buf_append(&io->got, "", 1);
+	buf_append(&io->r.outcomes, "", 1);
+	char label[96];
+	snprintf(label, sizeof label, "interop pipelining=%d chunking=%d chunk=%u starttls=%d piece=%zu",
+		 pipelining, chunking, chunk, starttls, piece);
+	if (strcmp(io->got.data, want) != 0)
+		fprintf(stderr, "%s: server got:\n%s\nwant:\n%s\n", label, io->got.data, want);
+	CHECK(strcmp(io->got.data, want) == 0);
+	const char *want_oc = "0 delivered 250 2.0.0 Ok: queued as ID\n1 delivered 250 2.0.0 Ok: queued as ID\n"
+			      "10 delivered 250 2.0.0 Ok: queued as ID\n"
+			      "20 failed 552 5.3.4 message size 300 exceeds the next hop's limit of 200 (local)\n";
+	if (strcmp(io->r.outcomes.data, want_oc) != 0)
+		fprintf(stderr, "%s: outcomes:\n%s\n", label, io->r.outcomes.data);
+	CHECK(strcmp(io->r.outcomes.data, want_oc) == 0);
+	CHECK(relay_client_status(&io->c) == RELAY_CLOSED && relay_client_error(&io->c)[0] == '\0');
+	CHECK(smtp_waiting_for(&io->s) == SMTP_WAIT_CLOSED);
+	smtp_session_free(&io->s);
+	buf_free(&io->s_out);
+	buf_free(&io->c_out);
+	buf_free(&io->got);
+	buf_free(&io->r.out);
+	buf_free(&io->r.outcomes);
+	free(io);
+}
+
+static void test_against_smtp_c(void)
+{
+	for (int pipe = 0; pipe < 2; pipe++)
+		for (int tls = 0; tls < 2; tls++)
+			for (size_t piece = 1; piece <= 64; piece *= 4) {
+				for (int chunking = 0; chunking < 2; chunking++) {
+					const uint32_t sizes[] = { 1, 7, 1u << 20 };
+					for (size_t k = 0; k < (chunking ? 3u : 1u); k++) {
+						char want[1024];
+						snprintf(want, sizeof want,
+							 "from=<a@x.test> size=%zu body=0 utf8=0 ret=2 envid=E+2B1 chunking=%d\n"
+							 " to=<b@y.test> notify=12 orcpt=rfc822;b+2By@y.test\n"
+							 " to=<c@y.test> notify=0 orcpt=-\n"
+							 " [%s]\n"
+							 "from=<> size=%zu body=1 utf8=1 ret=0 envid=- chunking=%d\n"
+							 " to=<j\xc3\xb6rg@y.test> notify=0 orcpt=-\n"
+							 " [%s]\n",
+							 sizeof interop_body1 - 1, chunking, interop_body1,
+							 sizeof interop_body2 - 1, chunking, interop_body2);
+						interop_run(pipe, chunking, sizes[k], tls, piece, want);
+					}
+				}
+			}
+}
+
 int main(void)
 {
 	for (size_t i = 0; i < sizeof scripts / sizeof scripts[0]; i++)
@@ -968,5 +1142,6 @@ int main(void)
 	test_out_limit();
 	test_bad_addresses();
 	test_idle_replies();
+	test_against_smtp_c();
 	return check_report("test_relay_client");
 }
