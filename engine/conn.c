@@ -739,9 +739,12 @@ static void conn_begin(struct conn *c, const char *early, size_t early_len)
 	struct smtp_hooks hooks = {.ctx = c, .reject = log_reject, .paused = session_paused};
 	smtp_session_init(&c->smtp, &c->view->snap->smtp[c->listener], &c->peer, c->line, hooks);
 	bool smtps = l->flags & CONF_LISTEN_SMTPS;
-	if (core->draining && smtps) {
+	/* After an upgrade's hand-over (drain_soft) a client the old process
+	 * still took off the queue came for the new one: serve it. */
+	bool refuse = core->draining && !core->drain_soft;
+	if (refuse && smtps) {
 		conn_abort(c, "shutdown"); /* no words before a handshake */
-	} else if (core->draining) {
+	} else if (refuse) {
 		smtp_shutdown(&c->smtp, &c->out);
 		conn_close_after_flush(c, "shutdown");
 	} else if (smtps) {
