@@ -264,6 +264,16 @@ static int reload(struct snapshot **current, struct buf *reply)
 		return -1;
 	}
 	buf_free(&errs);
+	if (next->conf->nlisteners == 0) {
+		/* as at start-up: a config that serves nothing is a mistake */
+		log_error("reload refused: %s: no listen directive: nothing to serve",
+			  g_daemon.config_path);
+		if (reply)
+			buf_printf(reply, "%s: no listen directive: nothing to serve\n",
+				   g_daemon.config_path);
+		snapshot_release(next);
+		return -1;
+	}
 	if (publish(*current, next, reply) < 0) {
 		snapshot_release(next);
 		return -1;

@@ -150,6 +150,25 @@ class ReloadListenersTest(MxdTestCase):
         self.assertTrue(greeting(busy).startswith(b"220 "))
         self.stop_ok(d)
 
+    def test_reload_without_listeners_is_refused(self):
+        """A config with no listen line serves nothing: refused, as at
+        start-up, and the old listener keeps serving."""
+        a = free_port()
+        d = self.mxd(port=a, listen=listen_lines([a]))
+        with open(d.config_path) as f:
+            kept = [line for line in f if not line.startswith("listen on")]
+        with open(d.config_path, "w") as f:
+            f.writelines(kept)
+        d.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10 * SLOW
+        while "no listen directive: nothing to serve" not in d.stderr_text():
+            self.assertLess(time.monotonic(), deadline, "no refusal logged:\n" + d.stderr_text())
+            time.sleep(0.05)
+        self.assertIn("reload refused", d.stderr_text())
+        r, _ = deliver(a, "after a refused reload")
+        self.assertEqual(r.code, 250, r)
+        self.stop_ok(d)
+
     def test_queued_connections_survive_the_reload(self):
         """Connections the kernel has completed but mxd has not accepted
         yet, on a listener that stays (with new options), all get their
