@@ -196,6 +196,31 @@ static void log_tls_path(const struct snapshot *s)
 /* The next listener set (sockets that stay are kept, with the connections
  * queued on them; new ones opened) and a mail per core with it and the
  * snapshot; all or nothing. */
+static bool same_text(const char *a, const char *b)
+{
+	return (a == NULL && b == NULL) || (a && b && strcmp(a, b) == 0);
+}
+
+/* What a reload cannot change in a running process: said, not ignored. */
+static void warn_restart_only_changes(const struct conf *cur, const struct conf *next)
+{
+	if (strcmp(cur->spool_dir, next->spool_dir) != 0)
+		log_warn("reload: spool directory changes need a restart or upgrade; keeping %s",
+			 cur->spool_dir);
+	if (!same_text(cur->metrics.addr_text, next->metrics.addr_text) ||
+	    cur->metrics.port != next->metrics.port)
+		log_warn("reload: metrics listener changes need a restart or upgrade; keeping %s "
+			 "port %u",
+			 cur->metrics.addr_text ? cur->metrics.addr_text : "(none)",
+			 (unsigned)cur->metrics.port);
+	if (!same_text(cur->control.path, next->control.path))
+		log_warn("reload: control socket changes need a restart or upgrade; keeping %s",
+			 cur->control.path ? cur->control.path : "(none)");
+	if (cur->cores != next->cores)
+		log_warn("reload: cores changes need a restart or upgrade; keeping %u",
+			 g_daemon.ncores);
+}
+
 static int publish(const struct snapshot *cur, struct snapshot *next, struct buf *reply)
 {
 	struct buf errs;
@@ -227,9 +252,7 @@ static int publish(const struct snapshot *cur, struct snapshot *next, struct buf
 		listener_set_abandon(&set);
 		return -1;
 	}
-	if (strcmp(cur->conf->spool_dir, next->conf->spool_dir) != 0)
-		log_warn("reload: spool directory changes need a restart; keeping %s",
-			 cur->conf->spool_dir);
+	warn_restart_only_changes(cur->conf, next->conf);
 	for (unsigned i = 0; i < g_daemon.ncores; i++)
 		core_post_mail(&g_daemon.cores[i], mails[i]);
 	free(mails);
