@@ -322,14 +322,18 @@ struct plan {
 	uint32_t failed, delayed;
 	bool full;              /* message/rfc822 rather than text/rfc822-headers */
 	bool full_refused;      /* RET=FULL asked for and not possible */
-	bool report_utf8;       /* a report field holds UTF-8 (RFC 6533) */
+	/* Labels that depend on what the parts hold: the top-level
+	 * Content-Transfer-Encoding (8bit), the notice's charset (utf-8), and
+	 * message/global-delivery-status for a report with UTF-8 (RFC 6533).
+	 * Written before the content they describe, so dsn_build renders once
+	 * with none set and again, rarely, with what the first pass saw. */
+	bool any8, human8, report8;
 	size_t returned_len;    /* bytes of the original returned */
 	char boundary[96];
 	char date[40];
 };
 
-static void top_headers(struct writer *w, const struct dsn_message *m, const struct plan *pl,
-			bool eightbit)
+static void top_headers(struct writer *w, const struct dsn_message *m, const struct plan *pl)
 {
 	char date[40];
 	dsn_date(date, sizeof date, m->now);
@@ -348,7 +352,7 @@ static void top_headers(struct writer *w, const struct dsn_message *m, const str
 	puts_(w, "MIME-Version: 1.0\r\n");
 	puts_(w, "Content-Type: multipart/report; report-type=delivery-status;\r\n");
 	putf(w, "\tboundary=\"%s\"\r\n", pl->boundary);
-	putf(w, "Content-Transfer-Encoding: %s\r\n", eightbit ? "8bit" : "7bit");
+	putf(w, "Content-Transfer-Encoding: %s\r\n", pl->any8 ? "8bit" : "7bit");
 	crlf(w);
 	puts_(w, "This is a MIME-encapsulated message.\r\n");
 	crlf(w);
@@ -365,7 +369,7 @@ static void human_part(struct writer *w, const struct dsn_message *m, const stru
 {
 	putf(w, "--%s\r\n", pl->boundary);
 	puts_(w, "Content-Description: Notification\r\n");
-	putf(w, "Content-Type: text/plain; charset=%s\r\n", w->eightbit ? "utf-8" : "us-ascii");
+	putf(w, "Content-Type: text/plain; charset=%s\r\n", pl->human8 ? "utf-8" : "us-ascii");
 	crlf(w);
 	char text[600];
 	snprintf(text, sizeof text, "This is the mail system at %s.", m->reporting_mta);
@@ -460,7 +464,7 @@ static void status_part(struct writer *w, const struct dsn_message *m, const str
 	putf(w, "--%s\r\n", pl->boundary);
 	puts_(w, "Content-Description: Delivery report\r\n");
 	/* RFC 6533 6.2: a report with a UTF-8 address is a global one. */
-	putf(w, "Content-Type: message/%sdelivery-status\r\n", pl->report_utf8 ? "global-" : "");
+	putf(w, "Content-Type: message/%sdelivery-status\r\n", pl->report8 ? "global-" : "");
 	crlf(w);
 	putf(w, "Reporting-MTA: dns; %s\r\n", m->reporting_mta);
 	if (m->envid && m->envid_len <= 100) {
@@ -497,28 +501,6 @@ static void original_part(struct writer *w, const struct dsn_message *m, const s
 	putf(w, "--%s--\r\n", pl->boundary);
 }
 
-/* Does anything that goes in carry octets over 127? Then the whole
- * message is 8bit (its Content-Transfer-Encoding says so up front). */
-static bool report_has_8bit(const struct dsn_message *m)
-{
-	if (has_8bit(m->envid, m->envid_len))
-		return true;
-	for (uint32_t i = 0; i < m->nrcpt; i++) {
-		const struct dsn_rcpt *r = &m->rcpts[i];
-		if (reported(m, r) &&
-		    (has_8bit(r->addr, r->addr_len) || has_8bit(r->diagnostic, r->diagnostic_len) ||
-		     has_8bit(r->orcpt, r->orcpt_len) || has_8bit(r->remote_mta, r->remote_mta_len)))
-			return true;
-	}
-	return false;
-}
-
-static bool needs_8bit(const struct dsn_message *m, const struct plan *pl)
-{
-	return pl->report_utf8 || has_8bit(m->mail_from, m->mail_from_len) ||
-	       has_8bit(m->original, pl->returned_len);
-}
-
 static void make_plan(const struct dsn_message *m, struct plan *pl)
 {
 	memset(pl, 0, sizeof *pl);
@@ -535,8 +517,25 @@ static void make_plan(const struct dsn_message *m, struct plan *pl)
 		   fits_as_message(m->original, m->original_len);
 	pl->full_refused = m->ret == SMTP_RET_FULL && !pl->full;
 	pl->returned_len = pl->full ? m->original_len : header_len(m->original, m->original_len);
-	pl->report_utf8 = report_has_8bit(m);
 	pick_boundary(m, pl->boundary, sizeof pl->boundary);
+}
+
+/* Write the whole DSN; *seen says which parts held octets over 127. */
+static void render(struct writer *w, const struct dsn_message *m, const struct plan *pl,
+		   struct plan *seen)
+{
+	w->eightbit = false;
+	top_headers(w, m, pl);
+	bool head8 = w->eightbit;
+	w->eightbit = false;
+	human_part(w, m, pl);
+	seen->human8 = w->eightbit;
+	w->eightbit = false;
+	status_part(w, m, pl);
+	seen->report8 = w->eightbit;
+	w->eightbit = false;
+	original_part(w, m, pl);
+	seen->any8 = head8 || seen->human8 || seen->report8 || w->eightbit;
 }
 
 int dsn_build(struct buf *out, const struct dsn_message *m, struct dsn_result *res)
@@ -547,20 +546,26 @@ int dsn_build(struct buf *out, const struct dsn_message *m, struct dsn_result *r
 	make_plan(m, &pl);
 	if (pl.failed + pl.delayed == 0)
 		return 0;
-	bool eightbit = needs_8bit(m, &pl);
 	size_t start = out->len;
-	struct writer w = { .out = out, .eightbit = false };
-	top_headers(&w, m, &pl, eightbit);
-	w.eightbit = eightbit; /* the parts' charsets follow the whole */
-	human_part(&w, m, &pl);
-	status_part(&w, m, &pl);
-	original_part(&w, m, &pl);
+	struct writer w = { .out = out };
+	struct plan seen = pl;
+	render(&w, m, &pl, &seen);
+	if (!w.failed && (seen.any8 != pl.any8 || seen.human8 != pl.human8 || seen.report8 != pl.report8)) {
+		/* The labels are ASCII: the second pass holds the same octets. */
+		out->len = start;
+		pl.any8 = seen.any8;
+		pl.human8 = seen.human8;
+		pl.report8 = seen.report8;
+		render(&w, m, &pl, &seen);
+		assert(w.failed || (seen.any8 == pl.any8 && seen.human8 == pl.human8 &&
+				    seen.report8 == pl.report8));
+	}
 	if (w.failed) {
 		out->len = start;
 		return -1;
 	}
 	res->reported = pl.failed + pl.delayed;
-	res->eightbit = eightbit;
+	res->eightbit = pl.any8;
 	res->full = pl.full;
 	return 0;
 }

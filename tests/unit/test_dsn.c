@@ -308,6 +308,33 @@ static void test_utf8(void)
 	buf_free(&out);
 }
 
+/* The 8bit labels follow what is written, not what was given: an ORCPT
+ * too long to report (RFC 3461 4.2: 500 octets) takes its octets with it
+ * (found by fuzz_dsn). */
+static void test_labels_follow_content(void)
+{
+	static char orcpt[600];
+	memcpy(orcpt, "rfc822;", 7);
+	memset(orcpt + 7, '\xc3', sizeof orcpt - 7);
+	struct dsn_rcpt r = rcpt_failed();
+	r.orcpt = orcpt;
+	r.orcpt_len = sizeof orcpt;
+	struct dsn_message m = message_for(&r, 1);
+	struct buf out;
+	buf_init(&out, 0);
+	struct dsn_result res;
+	CHECK(dsn_build(&out, &m, &res) == 0 && !res.eightbit);
+	CHECK(has(&out, "Content-Transfer-Encoding: 7bit\r\n"));
+	CHECK(has(&out, "Content-Type: message/delivery-status\r\n"));
+	CHECK(!has(&out, "Original-Recipient"));
+	for (size_t i = 0; i < out.len; i++)
+		if ((unsigned char)out.data[i] >= 0x80) {
+			CHECK(!"an octet over 127 in a 7bit DSN");
+			break;
+		}
+	buf_free(&out);
+}
+
 /* ---------------------------------------------------- samples for Python */
 
 static void write_sample(const char *dir, const char *name, const struct dsn_message *m)
@@ -379,5 +406,6 @@ int main(int argc, char **argv)
 	test_delayed();
 	test_hostile();
 	test_utf8();
+	test_labels_follow_content();
 	return check_report("test_dsn");
 }
