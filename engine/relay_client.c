@@ -184,6 +184,7 @@ static void conn_close(struct relay_client *c, const struct relay_reply *why, bo
 	set_error(c, "%03u%s%s %.*s%s%s%s", why->code, why->enhanced[0] ? " " : "", why->enhanced,
 		  (int)why->text_len, why->text, why->local ? "" : " (", why->local ? "" : phase_name(c),
 		  why->local ? "" : ")");
+	c->error_code = why->code;
 	finish_open(c, false, RELAY_DEFERRED, why);
 	if (quit && c->state != CS_QUIT && out)
 		emit_str(c, out, "QUIT\r\n");

@@ -46,6 +46,7 @@
 #include <stdint.h>
 
 #include "buf.h"
+#include "relay_url.h"
 #include "smtp.h"
 
 /* Defaults for struct relay_client_config. */
@@ -58,11 +59,8 @@
 
 enum relay_protocol { RELAY_SMTP = 0, RELAY_LMTP };
 
-enum relay_tls {
-	RELAY_TLS_NONE = 0,     /* smtp://, lmtp://: plaintext, STARTTLS not used */
-	RELAY_TLS_STARTTLS,     /* smtp+tls://: STARTTLS required, else no delivery */
-	RELAY_TLS_IMPLICIT,     /* smtps://: the connection is TLS from the start */
-};
+/* enum relay_tls (RELAY_TLS_NONE, _STARTTLS, _IMPLICIT) is the next-hop
+ * URL's, relay_url.h: one definition, so the worker can use both. */
 
 struct relay_client_config {
 	enum relay_protocol protocol;
@@ -221,6 +219,8 @@ struct relay_client {
 	bool cr_pending;
 
 	char error[RELAY_ERROR_MAX]; /* why the connection ended, "" when clean */
+	uint16_t error_code;       /* its reply code (451 for the client's own
+	                              reasons), 0 when clean */
 };
 
 /* `reply_buf` holds cfg->max_reply bytes and outlives the client. */

@@ -946,6 +946,7 @@ static void test_idle_replies(void)
 	hand_start(&h, EHLO_PIPE, "x");
 	CHECK(hand_feed(&h, "421 4.4.2 idle too long\r\n") == RELAY_CLOSED);
 	CHECK_STR_EQ(relay_client_error(&h.c), "421 4.4.2 idle too long (idle)");
+	CHECK(h.c.error_code == 421);
 	CHECK(h.r.out.len == 0);
 	hand_end(&h);
 
