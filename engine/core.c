@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "conn.h"
+#include "delivery.h"
 #include "log.h"
 
 /* Ring sizes: the submission queue is flushed whenever it fills, so it
@@ -472,6 +473,8 @@ static void take_new_config(struct core *core)
 	if (!core->draining)
 		adopt_listeners(core, m);
 	core_mail_free(m);
+	if (!core->delivery && !core->draining && delivery_configured(snap->conf))
+		core->delivery = delivery_start(core); /* a reload added "relay via" */
 	log_info("config generation %llu in use for new sessions",
 		 (unsigned long long)snap->generation);
 }
@@ -517,6 +520,8 @@ static void on_tick(struct core *core)
 	}
 	if (core->draining && core->now_ms >= core->drain_deadline_ms)
 		for_each_conn(core, conn_drain, true);
+	if (core->delivery)
+		delivery_tick(core->delivery);
 	arm_tick(core);
 }
 
@@ -546,7 +551,11 @@ static void dispatch(struct core *core, const struct io_uring_cqe *cqe)
 	case OP_GREET:
 		conn_on_greet_timer(ptr);
 		break;
-	case OP_CANCEL:
+	case OP_HANDLER:
+		if (ptr) {
+			struct core_op *op = ptr;
+			op->handler(op, cqe->res, cqe->flags);
+		}
 		break;
 	}
 }
@@ -588,7 +597,10 @@ static void run_loop(struct core *core)
 		}
 		io_uring_cq_advance(&core->ring, seen);
 		spool_writer_flush(&core->spool);
-		if (core->draining && core->nconns == 0 && spool_writer_idle(&core->spool))
+		if (core->delivery)
+			delivery_flush(core->delivery);
+		if (core->draining && core->nconns == 0 && spool_writer_idle(&core->spool) &&
+		    (!core->delivery || delivery_idle(core->delivery)))
 			core->stopped = true;
 		log_flush();
 	}
@@ -637,6 +649,8 @@ static void *core_main(void *arg)
 	update_accept_hold(core);
 	for (struct core_listener *l = core->listeners; l; l = l->next)
 		arm_or_defer(l);
+	if (delivery_configured(core->view->snap->conf))
+		core->delivery = delivery_start(core); /* replays this core's segments */
 	arm_tick(core);
 	arm_wake(core);
 	if (atomic_load(&g_daemon.draining))
@@ -646,6 +660,8 @@ static void *core_main(void *arg)
 	io_uring_submit(&core->ring);
 	atomic_store(&core->ready, true);
 	run_loop(core);
+	delivery_stop(core->delivery);
+	core->delivery = NULL;
 	spool_writer_close(&core->spool);
 	log_info("stopped: %llu messages committed in %llu batches; sessions plaintext=%llu "
 		 "tls_userspace=%llu tls_ktls=%llu",

@@ -19,6 +19,7 @@
 #include "spool_writer.h"
 
 struct conn;
+struct delivery;
 
 /* What a completion is for: the low bits of its user_data. Pointers carried
  * in user_data are at least 8-byte aligned. */
@@ -29,10 +30,21 @@ enum op_tag {
 	OP_TICK = 3,     /* core */
 	OP_WAKE = 4,     /* core */
 	OP_SPOOL = 5,    /* spool_writer: a write or the fsync of a batch */
-	OP_CANCEL = 6,   /* nothing to do */
+	OP_HANDLER = 6,  /* struct core_op: its handler runs; NULL: nothing to do */
 	OP_GREET = 7,    /* conn: its greeting-delay timer */
 };
 #define OP_TAG_MASK 7u
+/* A completion nobody waits for (a cancel's own result). */
+#define OP_CANCEL OP_HANDLER
+
+/* Operations of the less frequent kinds (delivery: outbound connections,
+ * the delivery log's writer) share one tag: user_data points to one of
+ * these, embedded in the object, and the handler finds its object with
+ * container_of. The inbound path keeps its own tags and its direct
+ * dispatch. */
+struct core_op {
+	void (*handler)(struct core_op *op, int res, unsigned flags);
+} __attribute__((aligned(8)));
 
 static inline uint64_t op_data(void *ptr, enum op_tag tag)
 {
@@ -121,6 +133,7 @@ struct core {
 	uint64_t next_session;
 
 	struct spool_writer spool;
+	struct delivery *delivery;    /* NULL while no rule has "relay via" */
 
 	uint64_t sessions_by_path[3]; /* closed sessions: plaintext, userspace TLS, kTLS */
 	struct core_metrics metrics;  /* written by this core only, read by the scraper */

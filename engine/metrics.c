@@ -207,6 +207,26 @@ int metrics_render(struct buf *out, const struct core *cores, unsigned n)
 		  "Messages committed by one group-commit fdatasync.",
 		  offsetof(struct core_metrics, batch_size), METRICS_BATCH_BUCKETS, batch_le, 1.0);
 
+	static const char *const outcome[4] = {"delivered", "deferred", "failed", "expired"};
+	header(out, "mxd_deliveries_total", "counter",
+	       "Recipient delivery attempts to next hops, by outcome.");
+	for (unsigned i = 0; i < 4; i++)
+		buf_printf(out, "mxd_deliveries_total{outcome=\"%s\"} %llu\n", outcome[i],
+			   (unsigned long long)SUM(relay_outcomes[i]));
+	header(out, "mxd_relay_connections_total", "counter",
+	       "Outbound connections to next hops established.");
+	buf_printf(out, "mxd_relay_connections_total %llu\n",
+		   (unsigned long long)SUM(relay_connections));
+	header(out, "mxd_relay_queue_recipients", "gauge",
+	       "Recipients in the spool not yet finished (queued, deferred, held).");
+	buf_printf(out, "mxd_relay_queue_recipients %llu\n", (unsigned long long)SUM(relay_queue));
+	header(out, "mxd_dsns_total", "counter", "Delivery status notifications spooled.");
+	buf_printf(out, "mxd_dsns_total %llu\n", (unsigned long long)SUM(relay_dsns));
+	header(out, "mxd_spool_segments_reclaimed_total", "counter",
+	       "Spool segments removed because every message in them was finished.");
+	buf_printf(out, "mxd_spool_segments_reclaimed_total %llu\n",
+		   (unsigned long long)SUM(relay_reclaimed));
+
 	header(out, "mxd_core_busy_seconds_total", "counter",
 	       "Seconds each core spent working rather than waiting in io_uring_submit_and_wait.");
 	for (unsigned i = 0; i < n; i++)

@@ -65,6 +65,12 @@ struct core_metrics {
 	struct metrics_histogram commit_latency; /* microseconds */
 	struct metrics_histogram batch_size;     /* messages */
 	uint64_t busy_ns;                     /* loop time outside submit_and_wait */
+	/* delivery (delivery.c) */
+	uint64_t relay_outcomes[4];           /* delivered, deferred, failed, expired */
+	uint64_t relay_connections;           /* outbound connections established */
+	uint64_t relay_queue;                 /* gauge: unfinished recipients */
+	uint64_t relay_dsns;                  /* DSNs spooled */
+	uint64_t relay_reclaimed;             /* segments removed, all finished */
 };
 
 /* The core thread's increment: a load and a relaxed store, no RMW. */

@@ -12,6 +12,7 @@
 
 #include "conn.h"
 #include "core.h"
+#include "delivery.h"
 #include "log.h"
 #include "spool.h"
 
@@ -380,6 +381,8 @@ void spool_writer_complete(struct spool_writer *w, bool is_fsync, int res)
 		struct core_metrics *m = &w->core->metrics;
 		metrics_commit_latency(m, (now_ns - w->batch_submitted_ns) / 1000u);
 		metrics_batch_size(m, b->n);
+		if (w->core->delivery) /* one check per batch, none per message */
+			delivery_committed(w->core->delivery, w->seq, w->tail);
 	}
 	uint32_t n = b->n;
 	b->n = 0;
