@@ -35,6 +35,7 @@
 #include "core.h"
 #include "delivery_request.h"
 #include "delivery_state.h"
+#include "dsn.h"
 #include "log.h"
 #include "relay_client.h"
 #include "route.h"
@@ -330,7 +331,7 @@ static struct dseg *seg_load(struct delivery *d, uint64_t seq)
 	s->mflags = calloc(s->rp.nmsgs ? s->rp.nmsgs : 1, 1);
 	char path[4200];
 	seg_path(d, seq, "dlv", path, sizeof path);
-	s->dlv_fd = open(path, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
+	s->dlv_fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
 	if (s->dlv_fd >= 0) {
 		struct stat st;
 		s->dlv_tail = fstat(s->dlv_fd, &st) == 0 ? (uint64_t)st.st_size : 0;
@@ -343,6 +344,8 @@ static struct dseg *seg_load(struct delivery *d, uint64_t seq)
 static int seg_take_records(struct delivery *d, struct dseg *s, uint64_t end, bool queue_them);
 
 static void enqueue(struct delivery *d, struct dseg *s, uint32_t mi);
+static bool dsn_due(const struct dseg *s, uint32_t mi);
+static void dsn_start(struct delivery *d, struct dseg *s, uint32_t mi);
 
 static int seg_take_records(struct delivery *d, struct dseg *s, uint64_t end, bool queue_them)
 {
@@ -529,7 +532,10 @@ static void scan(struct delivery *d)
 			const struct dlv_message *m = &s->rp.msgs[mi];
 			if (s->mflags[mi] & (MF_BUSY | MF_HELD))
 				continue;
-			enqueue(d, s, mi);
+			if (dsn_due(s, mi))
+				dsn_start(d, s, mi);
+			else
+				enqueue(d, s, mi);
 			if (s->mflags[mi] & (MF_BUSY | MF_HELD))
 				continue;
 			for (uint32_t j = 0; j < m->nrcpt; j++) {
@@ -581,7 +587,7 @@ static int dlv_open(struct delivery *d, struct dseg *s)
 	char path[4200];
 	seg_path(d, s->seq, "dlv", path, sizeof path);
 	if (s->dlv_fd < 0)
-		s->dlv_fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+		s->dlv_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
 	if (s->dlv_fd < 0) {
 		log_error("delivery: cannot create %s: %s", path, strerror(errno));
 		return -1;
@@ -604,7 +610,9 @@ static void apply_entry(struct delivery *d, const struct wentry *e, bool ok)
 		assert(s->mflags[e->mi] & MF_BUSY);
 		s->mflags[e->mi] &= (uint8_t)~MF_BUSY;
 		s->busy--;
-		if (ok)
+		if (ok && dsn_due(s, e->mi))
+			dsn_start(d, s, e->mi);
+		else if (ok)
 			enqueue(d, s, e->mi); /* another route group may be due */
 		return;
 	}
@@ -800,6 +808,197 @@ static void record_outcome(struct delivery *d, struct dseg *s, uint32_t mi, uint
 	log_info("delivery: %s rcpt %u %s via %s: %u %.*s", id, rcpt, dlv_outcome_name(rec.outcome),
 		 hop, code, (int)(text_len > 200 ? 200 : text_len), text);
 	writer_add(d, s, mi, &rec);
+}
+
+/* ---- DSNs ---- */
+
+/* A failed (or expired) recipient that still owes its sender a DSN. */
+static bool dsn_due(const struct dseg *s, uint32_t mi)
+{
+	const struct dlv_message *m = &s->rp.msgs[mi];
+	for (uint32_t j = 0; j < m->nrcpt; j++) {
+		const struct dlv_rcpt *rc = &s->rp.rcpts[m->first + j];
+		if ((rc->outcome == DLV_FAILED || rc->outcome == DLV_EXPIRED) &&
+		    !dlv_rcpt_finished(m, rc))
+			return true;
+	}
+	return false;
+}
+
+/* A DSN on its way to the spool, and who it reports. */
+struct dsn_job {
+	struct spool_local local;      /* first: the spool writer's view of it */
+	struct delivery *d;
+	struct dseg *seg;
+	uint32_t mi;
+	uint32_t n;
+	struct smtp_rcpt to;
+	char *sender;
+	uint32_t *rcpts;               /* indexes in the spool record */
+};
+
+/* The reply text of the recipient's latest record (the .dlv keeps it). */
+static int dlv_text(const struct dseg *s, const struct dlv_rcpt *rc, uint8_t *buf,
+		    struct dlv_record *rec)
+{
+	if (!rc->record || s->dlv_fd < 0)
+		return -1;
+	ssize_t n = pread(s->dlv_fd, buf, DLV_RECORD_MAX, (off_t)rc->record);
+	size_t len;
+	const char *why;
+	if (n <= 0 || dlv_record_decode(buf, (size_t)n, rec, &len, &why) != SPOOL_OK)
+		return -1;
+	return 0;
+}
+
+static void dsn_done(struct spool_local *l, bool ok)
+{
+	struct dsn_job *j = (struct dsn_job *)l;
+	struct delivery *d = j->d;
+	struct dseg *s = j->seg;
+	const struct dlv_message *m = &s->rp.msgs[j->mi];
+	char id[SPOOL_ID_LEN + 1];
+	spool_make_id(id, d->core->index, s->seq, m->offset);
+	if (ok) {
+		METRICS_INC(d->core->metrics.relay_dsns);
+		char text[64];
+		snprintf(text, sizeof text, "DSN %s spooled", l->id);
+		log_info("delivery: %s: DSN %s to <%s> for %u recipients", id, l->id, j->sender, j->n);
+		for (uint32_t i = 0; i < j->n; i++) {
+			const struct dlv_rcpt *rc = &s->rp.rcpts[m->first + j->rcpts[i]];
+			struct dlv_record rec = {
+				.msg_offset = m->offset, .rcpt = j->rcpts[i], .outcome = DLV_BOUNCED,
+				.attempts = rc->attempts, .code = rc->code, .at = wall_s(),
+				.hop = "", .hop_len = 0, .text = text, .text_len = strlen(text),
+			};
+			writer_add(d, s, j->mi, &rec);
+		}
+	} else {
+		log_error("delivery: %s: the DSN could not be spooled; tried again later", id);
+		d->hold_until_ms = d->core->now_ms + cur_conf(d)->relay.retry_first;
+		d->scan_at_ms = d->hold_until_ms;
+	}
+	writer_release(d, s, j->mi);
+	buf_free(&l->body);
+	free(j->sender);
+	free(j->rcpts);
+	free(j);
+}
+
+/* Build the DSN for the message's failed recipients and hand it to the
+ * spool writer; once it is durable they become "bounced". */
+static void dsn_start(struct delivery *d, struct dseg *s, uint32_t mi)
+{
+	if (d->core->draining || d->core->now_ms < d->hold_until_ms || (s->mflags[mi] & MF_BUSY))
+		return;
+	const struct dlv_message *m = &s->rp.msgs[mi];
+	struct spool_record_view v;
+	if (msg_view(s, mi, &v) < 0)
+		return;
+	const struct conf *cf = cur_conf(d);
+	struct dsn_job *j = calloc(1, sizeof *j);
+	struct dsn_rcpt *dr = calloc(m->nrcpt, sizeof *dr);
+	uint8_t (*recbuf)[DLV_RECORD_MAX] = calloc(m->nrcpt, DLV_RECORD_MAX);
+	char (*status)[RELAY_ENHANCED_MAX] = calloc(m->nrcpt, RELAY_ENHANCED_MAX);
+	char (*hosts)[64] = calloc(m->nrcpt, 64);
+	if (j)
+		j->rcpts = calloc(m->nrcpt, sizeof *j->rcpts);
+	if (!j || !dr || !recbuf || !status || !hosts || !j->rcpts) {
+		log_error("delivery: out of memory for a DSN");
+		if (j)
+			free(j->rcpts);
+		free(j), free(dr), free(recbuf), free(status), free(hosts);
+		return;
+	}
+	size_t cur = 0;
+	struct spool_rcpt_view rv;
+	for (uint32_t r = 0; r < m->nrcpt && spool_rcpt_next(&v, &cur, &rv); r++) {
+		const struct dlv_rcpt *rc = &s->rp.rcpts[m->first + r];
+		if (!((rc->outcome == DLV_FAILED || rc->outcome == DLV_EXPIRED) &&
+		      !dlv_rcpt_finished(m, rc)))
+			continue;
+		struct dsn_rcpt *x = &dr[j->n];
+		*x = (struct dsn_rcpt){.addr = rv.addr, .addr_len = rv.addr_len, .orcpt = rv.orcpt,
+				       .orcpt_len = rv.orcpt_len, .notify = rv.notify,
+				       .action = DSN_ACTION_FAILED, .code = rc->code,
+				       .last_attempt = (int64_t)rc->at};
+		struct dlv_record rec;
+		if (dlv_text(s, rc, recbuf[j->n], &rec) == 0) {
+			/* the text is "X.Y.Z words" when the reply had an enhanced code */
+			size_t k = 0;
+			while (k < rec.text_len && k + 1 < RELAY_ENHANCED_MAX && rec.text[k] != ' ')
+				k++;
+			x->diagnostic = rec.text;
+			x->diagnostic_len = rec.text_len;
+			if (k >= 5 && k < RELAY_ENHANCED_MAX && rec.text[1] == '.') {
+				memcpy(status[j->n], rec.text, k);
+				status[j->n][k] = '\0';
+				x->status = status[j->n];
+				/* dsn.c writes the code and status before the text */
+				x->diagnostic += k < rec.text_len ? k + 1 : k;
+				x->diagnostic_len -= k < rec.text_len ? k + 1 : k;
+			}
+			/* Remote-MTA: the next hop's host (a Unix socket has none) */
+			struct relay_url u;
+			const char *why;
+			size_t at;
+			if (rec.hop_len && relay_url_parse(rec.hop, rec.hop_len, &u, &why, &at) == 0 &&
+			    u.host[0]) {
+				memcpy(hosts[j->n], u.host, sizeof u.host);
+				x->remote_mta = hosts[j->n];
+				x->remote_mta_len = strlen(hosts[j->n]);
+			}
+			if (rc->outcome == DLV_EXPIRED && !x->status)
+				x->status = "4.4.7";
+		}
+		j->rcpts[j->n++] = r;
+	}
+	char dsn_id[SPOOL_ID_LEN + 32];
+	char id[SPOOL_ID_LEN + 1];
+	spool_make_id(id, d->core->index, s->seq, m->offset);
+	snprintf(dsn_id, sizeof dsn_id, "%s.%" PRIu64, id, wall_s());
+	const char *mta = cf->relay.helo ? cf->relay.helo : cf->hostname;
+	struct dsn_message dm = {
+		.reporting_mta = mta,
+		.mail_from = v.mail_from, .mail_from_len = v.mail_from_len,
+		.envid = v.envid, .envid_len = v.envid_len,
+		.ret = v.ret,
+		.arrival = (int64_t)m->received,
+		.now = (int64_t)wall_s(),
+		.id = dsn_id,
+		.original = v.message, .original_len = v.message_len,
+		.rcpts = dr, .nrcpt = j->n,
+	};
+	buf_init(&j->local.body, cf->max_message_size + (1u << 20));
+	struct dsn_result res;
+	int rc = dsn_build(&j->local.body, &dm, &res);
+	free(dr);
+	free(recbuf);
+	free(status);
+	free(hosts);
+	j->d = d;
+	j->seg = s;
+	j->mi = mi;
+	s->mflags[mi] |= MF_BUSY;
+	s->busy++;
+	if (rc < 0 || res.reported == 0) {
+		/* nothing to send after all (or it cannot be built): the
+		 * recipients are finished as bounced so the segment can go */
+		log_warn("delivery: %s: no DSN %s", id, rc < 0 ? "(too large)" : "due");
+		buf_free(&j->local.body);
+		j->sender = strdup("");
+		dsn_done(&j->local, true);
+		return;
+	}
+	j->sender = strndup(v.mail_from, v.mail_from_len);
+	j->to = (struct smtp_rcpt){.addr = j->sender, .notify = SMTP_NOTIFY_NEVER};
+	j->local.env = (struct smtp_envelope){
+		.helo = (char *)mta, .esmtp = true, .mail_from = (char *)"",
+		.body_type = res.eightbit ? SMTP_BODY_8BITMIME : SMTP_BODY_7BIT,
+		.rcpts = &j->to, .nrcpt = 1, .rcpt_cap = 1,
+	};
+	j->local.done = dsn_done;
+	spool_writer_enqueue_local(&d->core->spool, &j->local);
 }
 
 /* ---- outbound connections ---- */

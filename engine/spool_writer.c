@@ -139,6 +139,58 @@ void spool_writer_close(struct spool_writer *w)
 	free(w->waiting);
 }
 
+void spool_writer_enqueue_local(struct spool_writer *w, struct spool_local *m)
+{
+	m->next = NULL;
+	if (!w->local_waiting)
+		w->local_tail = &w->local_waiting;
+	*w->local_tail = m;
+	w->local_tail = &m->next;
+}
+
+static uint32_t count_locals(const struct spool_local *m)
+{
+	uint32_t n = 0;
+	for (; m; m = m->next)
+		n++;
+	return n;
+}
+
+static void locals_done(struct spool_local *m, bool ok)
+{
+	while (m) {
+		struct spool_local *next = m->next;
+		m->done(m, ok);
+		m = next;
+	}
+}
+
+/* A session-less message as record i of the batch (no Received:). */
+static int encode_local(struct spool_writer *w, uint32_t i, struct spool_local *l, uint64_t now_ns)
+{
+	struct spool_batch *b = &w->batch;
+	spool_make_id(l->id, w->core_index, w->seq, w->tail);
+	struct spool_meta m = {
+		.id = l->id,
+		.received_unix_ns = l->received_unix_ns ? l->received_unix_ns : now_ns,
+		.env = &l->env,
+		.peer = &l->peer,
+	};
+	struct buf *head = &b->heads[i];
+	buf_reset(head);
+	buf_reset(&b->received[i]);
+	if (spool_record_head(head, &m, l->body.len) < 0)
+		return -1;
+	const void *parts[1] = {l->body.data};
+	size_t lens[1] = {l->body.len};
+	spool_record_seal(head, parts, lens, 1);
+	struct iovec *iov = &b->iov[3 * (size_t)i];
+	iov[0] = (struct iovec){head->data, head->len};
+	iov[1] = (struct iovec){b->received[i].data, 0};
+	iov[2] = (struct iovec){l->body.data, l->body.len};
+	return 0;
+}
+
 int spool_writer_enqueue(struct spool_writer *w, struct conn *c)
 {
 	if (w->nwaiting == w->waiting_cap) {
@@ -155,7 +207,7 @@ int spool_writer_enqueue(struct spool_writer *w, struct conn *c)
 
 bool spool_writer_idle(const struct spool_writer *w)
 {
-	return !w->in_flight && w->nwaiting == 0;
+	return !w->in_flight && w->nwaiting == 0 && !w->local_waiting;
 }
 
 /* Room for n messages in the batch's per-message arrays. */
@@ -230,7 +282,7 @@ static void fail_now(struct conn **conns, uint32_t n, bool no_space)
 
 void spool_writer_flush(struct spool_writer *w)
 {
-	if (w->in_flight || w->nwaiting == 0)
+	if (w->in_flight || (w->nwaiting == 0 && !w->local_waiting))
 		return;
 	if (w->fd < 0 || w->tail >= w->segment_size) {
 		if (open_segment(w) < 0 && w->fd < 0) {
@@ -238,11 +290,17 @@ void spool_writer_flush(struct spool_writer *w)
 			uint32_t n = w->nwaiting;
 			w->waiting = NULL;
 			w->nwaiting = w->waiting_cap = 0;
+			struct spool_local *locals = w->local_waiting;
+			w->local_waiting = NULL;
 			fail_now(conns, n, is_no_space(w->open_errno));
 			free(conns);
+			locals_done(locals, false);
 			return;
 		}
 	}
+	struct spool_local *locals = w->local_waiting;
+	w->local_waiting = NULL;
+	uint32_t nlocals = count_locals(locals);
 	struct spool_batch *b = &w->batch;
 	/* Swap the waiting list into the batch: sessions answered when this
 	 * batch completes queue their next messages on the other array. */
@@ -254,11 +312,12 @@ void spool_writer_flush(struct spool_writer *w)
 	w->waiting = conns;
 	w->waiting_cap = cap;
 	w->nwaiting = 0;
-	if (batch_reserve(b, b->n) < 0) {
+	if (batch_reserve(b, b->n + nlocals) < 0) {
 		log_error("spool: out of memory for a batch of %u", b->n);
 		uint32_t n = b->n;
 		b->n = 0;
 		fail_now(b->conns, n, false);
+		locals_done(locals, false);
 		return;
 	}
 
@@ -291,7 +350,31 @@ void spool_writer_flush(struct spool_writer *w)
 		kept++;
 	}
 	b->n = kept;
-	if (kept > 0) {
+	/* session-less messages (DSNs) go after the sessions' */
+	b->locals = NULL;
+	struct spool_local **ltail = &b->locals, *lfailed = NULL;
+	for (uint32_t i = kept; locals; i++) {
+		struct spool_local *l = locals;
+		locals = l->next;
+		l->next = NULL;
+		if (w->tail > SEGMENT_OFFSET_LIMIT || encode_local(w, i, l, now_ns) < 0) {
+			l->next = lfailed;
+			lfailed = l;
+			i--;
+			continue;
+		}
+		uint64_t len = record_bytes(b, i);
+		struct io_uring_sqe *sqe = core_sqe(w->core);
+		io_uring_prep_writev(sqe, w->fd, &b->iov[3 * (size_t)i], 3, w->tail);
+		sqe->flags |= IOSQE_IO_LINK;
+		io_uring_sqe_set_data64(sqe, op_data(w, OP_SPOOL));
+		w->tail += len;
+		expected += len;
+		b->ops_left++;
+		*ltail = l;
+		ltail = &l->next;
+	}
+	if (kept > 0 || b->locals) {
 		struct io_uring_sqe *sqe = core_sqe(w->core);
 		io_uring_prep_fsync(sqe, w->fd, IORING_FSYNC_DATASYNC);
 		io_uring_sqe_set_data64(sqe, op_data(b, OP_SPOOL));
@@ -305,6 +388,7 @@ void spool_writer_flush(struct spool_writer *w)
 		w->batch_submitted_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 	}
 	fail_now(refused, nrefused, false);
+	locals_done(lfailed, false);
 }
 
 /* A failed batch may have left part of its records on disk: cut them off so
@@ -388,6 +472,9 @@ void spool_writer_complete(struct spool_writer *w, bool is_fsync, int res)
 	b->n = 0;
 	for (uint32_t i = 0; i < n; i++)
 		conn_spool_done(b->conns[i], ok, b->no_space);
+	struct spool_local *locals = b->locals;
+	b->locals = NULL;
+	locals_done(locals, ok);
 }
 
 uint64_t spool_writer_hold(struct spool_writer *w, bool hold)

@@ -14,11 +14,28 @@
 #include <sys/uio.h>
 
 #include "buf.h"
+#include "smtp.h"
+#include "spool.h"
 
 struct conn;
 struct core;
 
+/* A message with no session behind it: a DSN the delivery worker made.
+ * The record holds env, peer (zero: no client) and body as the message
+ * bytes (no Received: header is added). done() is called once the batch
+ * it went in is durable (ok) or failed; the caller owns the memory. */
+struct spool_local {
+	struct spool_local *next;
+	struct smtp_envelope env;
+	struct smtp_peer peer;
+	struct buf body;
+	uint64_t received_unix_ns;
+	char id[SPOOL_ID_LEN + 1];        /* set when it is encoded */
+	void (*done)(struct spool_local *m, bool ok);
+};
+
 struct spool_batch {
+	struct spool_local *locals;       /* after the conns, in the same writev/fsync */
 	struct conn **conns;
 	uint32_t n, cap;
 	struct iovec *iov;            /* 3 per message: head, Received:, body */
@@ -45,6 +62,8 @@ struct spool_writer {
 	uint64_t segment_size;
 	bool held;                    /* upgrade hand-over: no new segment, ever */
 
+	struct spool_local *local_waiting; /* not yet in a batch */
+	struct spool_local **local_tail;
 	struct conn **waiting;        /* finished, not yet in a batch */
 	uint32_t nwaiting, waiting_cap;
 	struct spool_batch batch;     /* the one in flight */
@@ -61,6 +80,8 @@ int spool_writer_open(struct spool_writer *w, struct core *core, const char *spo
 void spool_writer_close(struct spool_writer *w);
 /* Queue a finished message (its session is in SMTP_S_WAIT_COMMIT). */
 int spool_writer_enqueue(struct spool_writer *w, struct conn *c);
+/* Queue a session-less message; it goes in the next batch. */
+void spool_writer_enqueue_local(struct spool_writer *w, struct spool_local *m);
 /* End of a loop turn: start the next batch if none is in flight. */
 void spool_writer_flush(struct spool_writer *w);
 /* A completion of the batch in flight: one of its writes, or its fsync. */
