@@ -38,6 +38,7 @@
 #include "dsn.h"
 #include "log.h"
 #include "relay_client.h"
+#include "relay_tls.h"
 #include "route.h"
 #include "spool.h"
 #include "upgrade.h"
@@ -50,6 +51,7 @@
 #define RC_IDLE_MS 5000                 /* an idle connection is closed with QUIT */
 #define RC_HOPS_MAX 16                  /* next hops of one route tried in turn */
 #define MAP_EXTRA (64ull << 20)         /* the open segment's map past 4 GiB */
+#define TLS_CTX_MAX 16                  /* client contexts kept (CA file, verify) */
 
 enum { MF_BUSY = 1, MF_HELD = 2 };
 
@@ -104,8 +106,14 @@ struct rconn {
 	struct relay_client rc;
 	char *reply;
 	char rx[RC_RX_SIZE];
-	struct buf out;
-	size_t out_sent;
+	struct buf out;                /* what relay_client wrote: plaintext */
+	size_t out_sent;               /* of out, or of wire once TLS is on */
+	/* TLS (smtps from the start, smtp+tls after STARTTLS) */
+	char *ca;                      /* the route's "ca", else NULL */
+	bool noverify;
+	SSL *ssl;
+	bool handshaking;
+	struct buf wire;               /* ciphertext to send */
 	uint64_t deadline_ms;          /* 0: none */
 	uint64_t idle_since_ms;
 	/* the message in flight */
@@ -148,6 +156,12 @@ struct delivery {
 	bool in_flight, batch_failed;
 	struct core_op op_batch;
 	uint64_t last_request_ms;
+	struct {
+		char *ca;              /* NULL: relay ca or the system's store */
+		bool verify;
+		SSL_CTX *ctx;
+	} tls[TLS_CTX_MAX];
+	unsigned ntls;
 };
 
 /* ---- small helpers ---- */
@@ -197,16 +211,23 @@ bool delivery_configured(const struct conf *c)
 	return false;
 }
 
-/* A route's identity across reloads: its hops' canonical URLs (FNV-1a). */
+static uint64_t fnv(uint64_t h, const char *p)
+{
+	for (; *p; p++)
+		h = (h ^ (uint8_t)*p) * 1099511628211ull;
+	return (h ^ ' ') * 1099511628211ull;
+}
+
+/* A route's identity across reloads: its hops' canonical URLs and how
+ * their certificates are checked (FNV-1a). Connections are shared by the
+ * messages of one identity only. */
 static uint64_t route_key(const struct conf_route *via)
 {
 	uint64_t h = 1469598103934665603ull;
-	for (size_t i = 0; i < via->nhops; i++) {
-		for (const char *p = via->hops[i].text; *p; p++)
-			h = (h ^ (uint8_t)*p) * 1099511628211ull;
-		h = (h ^ ' ') * 1099511628211ull;
-	}
-	return h;
+	for (size_t i = 0; i < via->nhops; i++)
+		h = fnv(h, via->hops[i].text);
+	h = fnv(h, via->noverify ? "noverify" : "verify");
+	return fnv(h, via->ca ? via->ca : "");
 }
 
 static void gauge_queue(struct delivery *d)
@@ -1030,13 +1051,28 @@ static void conn_arm_recv(struct rconn *c)
 	c->pending++;
 }
 
+static void conn_lost(struct rconn *c, enum relay_abort why);
+
+/* Bytes queued for the socket and not yet sent. */
+static size_t conn_unsent(const struct rconn *c)
+{
+	return c->ssl ? c->wire.len - c->out_sent + c->out.len : c->out.len - c->out_sent;
+}
+
 static void conn_flush_out(struct rconn *c)
 {
-	if (c->send_armed || c->lost || c->out.len == c->out_sent)
+	if (c->lost)
+		return;
+	if (c->ssl && !c->handshaking && relay_tls_write(c->ssl, &c->out, &c->wire) < 0) {
+		log_warn("delivery: %s: TLS write failed", c->hops[c->hop].text);
+		conn_lost(c, RELAY_ABORT_LOST);
+		return;
+	}
+	struct buf *b = c->ssl ? &c->wire : &c->out;
+	if (c->send_armed || b->len == c->out_sent)
 		return;
 	struct io_uring_sqe *sqe = core_sqe(c->d->core);
-	io_uring_prep_send(sqe, c->fd, c->out.data + c->out_sent, c->out.len - c->out_sent,
-			   MSG_NOSIGNAL);
+	io_uring_prep_send(sqe, c->fd, b->data + c->out_sent, b->len - c->out_sent, MSG_NOSIGNAL);
 	io_uring_sqe_set_data64(sqe, op_data(&c->op_send, OP_HANDLER));
 	c->send_armed = true;
 	c->pending++;
@@ -1137,7 +1173,7 @@ static bool conn_take_work(struct rconn *c)
 
 static void conn_body(struct rconn *c, enum relay_status *st)
 {
-	while (*st == RELAY_WANT_BODY && c->out.len - c->out_sent < RC_OUT_HIGH) {
+	while (*st == RELAY_WANT_BODY && conn_unsent(c) < RC_OUT_HIGH) {
 		uint64_t left = c->msg.size - c->body_given;
 		size_t piece = left < RC_BODY_PIECE ? (size_t)left : RC_BODY_PIECE;
 		size_t used = 0;
@@ -1147,6 +1183,8 @@ static void conn_body(struct rconn *c, enum relay_status *st)
 			break; /* waiting for BDAT replies */
 	}
 }
+
+static void conn_tls_begin(struct rconn *c);
 
 static void conn_advance(struct rconn *c, enum relay_status st)
 {
@@ -1163,14 +1201,14 @@ static void conn_advance(struct rconn *c, enum relay_status st)
 			break;
 		}
 		if (st == RELAY_START_TLS) {
-			/* outbound STARTTLS is not built yet: nothing goes in clear */
-			relay_client_abort(&c->rc, RELAY_ABORT_TLS);
-			st = relay_client_status(&c->rc);
-			continue;
+			/* the STARTTLS command may still be on its way out */
+			if (!c->ssl && !c->send_armed && c->out.len == c->out_sent)
+				conn_tls_begin(c);
+			return;
 		}
 		if (st == RELAY_CLOSED) {
 			conn_message_over(c);
-			if (c->out.len == c->out_sent || c->lost)
+			if (conn_unsent(c) == 0 || c->lost)
 				conn_close(c);
 			break;
 		}
@@ -1193,6 +1231,9 @@ static void conn_maybe_free(struct rconn *c)
 	*p = c->next;
 	d->nconns--;
 	buf_free(&c->out);
+	buf_free(&c->wire);
+	SSL_free(c->ssl);
+	free(c->ca);
 	free(c->reply);
 	free(c->rcpts);
 	free(c);
@@ -1250,7 +1291,8 @@ static void conn_failed(struct rconn *c, const char *why)
 	struct delivery *d = c->d;
 	log_warn("delivery: %s: %s", c->hops[c->hop].text, why);
 	if (c->hop + 1 < c->nhops && !d->core->draining) {
-		struct conf_route via = {.hops = c->hops, .nhops = c->nhops};
+		struct conf_route via = {.hops = c->hops, .nhops = c->nhops, .ca = c->ca,
+					 .noverify = c->noverify};
 		conn_open(d, &via, c->hop + 1, c->key);
 	} else {
 		defer_waiting(d, c->key, c->hops[c->hop].text, why);
@@ -1279,6 +1321,8 @@ static void on_connect(struct core_op *op, int res, unsigned flags)
 	log_debug("delivery: connected to %s", c->hops[c->hop].text);
 	conn_arm_recv(c);
 	conn_set_deadline(c);
+	if (c->hops[c->hop].tls == RELAY_TLS_IMPLICIT)
+		conn_tls_begin(c); /* smtps: TLS before the greeting */
 }
 
 static void conn_lost(struct rconn *c, enum relay_abort why)
@@ -1293,6 +1337,132 @@ static void conn_lost(struct rconn *c, enum relay_abort why)
 		conn_failed(c, text);
 	}
 	conn_advance(c, RELAY_CLOSED);
+}
+
+/* The context for this connection's CA and verification, made once. */
+static SSL_CTX *tls_ctx_for(struct delivery *d, const struct rconn *c, char *why, size_t len)
+{
+	const char *ca = c->ca ? c->ca : cur_conf(d)->relay.ca;
+	bool verify = !c->noverify;
+	for (unsigned i = 0; i < d->ntls; i++)
+		if (d->tls[i].verify == verify &&
+		    (!verify || (ca ? d->tls[i].ca && strcmp(d->tls[i].ca, ca) == 0 : !d->tls[i].ca)))
+			return d->tls[i].ctx;
+	SSL_CTX *ctx = relay_tls_ctx_new(ca, verify, why, len);
+	if (!ctx)
+		return NULL;
+	if (d->ntls == TLS_CTX_MAX) {
+		d->ntls--;
+		SSL_CTX_free(d->tls[d->ntls].ctx); /* sessions hold their own reference */
+		free(d->tls[d->ntls].ca);
+	}
+	d->tls[d->ntls].ca = ca ? strdup(ca) : NULL;
+	d->tls[d->ntls].verify = verify;
+	d->tls[d->ntls].ctx = ctx;
+	d->ntls++;
+	return ctx;
+}
+
+static void tls_ctx_drop(struct delivery *d)
+{
+	for (unsigned i = 0; i < d->ntls; i++) {
+		SSL_CTX_free(d->tls[i].ctx);
+		free(d->tls[i].ca);
+	}
+	d->ntls = 0;
+}
+
+/* The handshake failed or could not start: no byte goes in clear. */
+static void conn_tls_fail(struct rconn *c, const char *why)
+{
+	bool first = c->rc.transactions == 0 && !c->msg_active;
+	if (!first)
+		log_warn("delivery: %s: %s", c->hops[c->hop].text, why);
+	relay_client_abort(&c->rc, RELAY_ABORT_TLS);
+	c->lost = true;
+	if (first)
+		conn_failed(c, why);
+	conn_advance(c, RELAY_CLOSED);
+}
+
+/* Handshake bytes for the wire, then send them. */
+static void conn_tls_step(struct rconn *c)
+{
+	char why[300];
+	int rc = relay_tls_handshake(c->ssl, why, sizeof why);
+	struct buf none;
+	buf_init(&none, 0);
+	if (relay_tls_write(c->ssl, &none, &c->wire) < 0) {
+		conn_tls_fail(c, "out of memory for TLS");
+		return;
+	}
+	if (rc < 0) {
+		conn_flush_out(c); /* the alert, if any */
+		conn_tls_fail(c, why);
+		return;
+	}
+	if (rc == 0) {
+		conn_flush_out(c);
+		return;
+	}
+	c->handshaking = false;
+	char desc[128];
+	relay_tls_describe(c->ssl, desc, sizeof desc);
+	log_info("delivery: %s: TLS established %s%s", c->hops[c->hop].text, desc,
+		 c->noverify ? " (not verified: noverify)" : "");
+	if (c->hops[c->hop].tls == RELAY_TLS_STARTTLS)
+		conn_advance(c, relay_client_tls_done(&c->rc, &c->out));
+	else
+		conn_flush_out(c);
+}
+
+static void conn_tls_begin(struct rconn *c)
+{
+	char why[300];
+	SSL_CTX *ctx = tls_ctx_for(c->d, c, why, sizeof why);
+	if (!ctx) {
+		conn_tls_fail(c, why);
+		return;
+	}
+	c->ssl = relay_tls_new(ctx, &c->hops[c->hop], !c->noverify);
+	if (!c->ssl) {
+		conn_tls_fail(c, "TLS set-up failed");
+		return;
+	}
+	buf_reset(&c->out);
+	c->out_sent = 0;
+	c->handshaking = true;
+	c->deadline_ms = c->d->core->now_ms + cur_conf(c->d)->relay.timeout_connect;
+	conn_tls_step(c);
+}
+
+/* Ciphertext arrived: the handshake, or records for the client. false
+ * when the connection was handled (failed or still handshaking). */
+static bool conn_tls_input(struct rconn *c, int res, enum relay_status *st)
+{
+	if (relay_tls_input(c->ssl, c->rx, (size_t)res) < 0) {
+		conn_lost(c, RELAY_ABORT_LOST);
+		return false;
+	}
+	if (c->handshaking) {
+		conn_tls_step(c);
+		if (c->handshaking || c->lost || c->closing) {
+			conn_arm_recv(c);
+			return false;
+		}
+	}
+	static _Thread_local char plain[16384];
+	*st = relay_client_status(&c->rc);
+	long n;
+	while (*st != RELAY_CLOSED && (n = relay_tls_read(c->ssl, plain, sizeof plain)) != 0) {
+		if (n < 0) {
+			conn_lost(c, RELAY_ABORT_LOST);
+			return false;
+		}
+		size_t consumed = 0;
+		*st = relay_client_feed(&c->rc, plain, (size_t)n, &consumed, &c->out);
+	}
+	return true;
 }
 
 static void on_recv(struct core_op *op, int res, unsigned flags)
@@ -1311,7 +1481,13 @@ static void on_recv(struct core_op *op, int res, unsigned flags)
 	}
 	bool first = c->rc.transactions == 0 && !c->msg_active;
 	size_t consumed = 0;
-	enum relay_status st = relay_client_feed(&c->rc, c->rx, (size_t)res, &consumed, &c->out);
+	enum relay_status st;
+	if (c->ssl) {
+		if (!conn_tls_input(c, res, &st))
+			return;
+	} else {
+		st = relay_client_feed(&c->rc, c->rx, (size_t)res, &consumed, &c->out);
+	}
 	if (st == RELAY_CLOSED && first && relay_client_error(&c->rc)[0]) {
 		/* refused at the greeting, EHLO or STARTTLS (421 included) */
 		conn_failed(c, relay_client_error(&c->rc));
@@ -1336,11 +1512,15 @@ static void on_send(struct core_op *op, int res, unsigned flags)
 		return;
 	}
 	c->out_sent += (size_t)res;
-	if (c->out_sent == c->out.len) {
-		buf_reset(&c->out);
+	struct buf *b = c->ssl ? &c->wire : &c->out;
+	if (c->out_sent == b->len) {
+		buf_reset(b);
 		c->out_sent = 0;
 	}
-	conn_advance(c, relay_client_status(&c->rc));
+	if (c->handshaking)
+		conn_flush_out(c);
+	else
+		conn_advance(c, relay_client_status(&c->rc));
 }
 
 static struct rconn *conn_open(struct delivery *d, const struct conf_route *via, unsigned hop,
@@ -1356,6 +1536,9 @@ static struct rconn *conn_open(struct delivery *d, const struct conf_route *via,
 	memcpy(c->hops, via->hops, c->nhops * sizeof c->hops[0]);
 	c->hop = hop;
 	c->fd = -1;
+	c->ca = via->ca ? strdup(via->ca) : NULL;
+	c->noverify = via->noverify;
+	buf_init(&c->wire, 0);
 	c->op_connect.handler = on_connect;
 	c->op_recv.handler = on_recv;
 	c->op_send.handler = on_send;
@@ -1376,12 +1559,6 @@ static struct rconn *conn_open(struct delivery *d, const struct conf_route *via,
 		return NULL;
 	}
 	relay_client_init(&c->rc, &c->cfg, c->reply, (struct relay_hooks){.ctx = c, .outcome = on_outcome});
-	if (u->tls != RELAY_TLS_NONE) {
-		c->closing = true;
-		conn_failed(c, "TLS to next hops is not built yet");
-		conn_maybe_free(c);
-		return NULL;
-	}
 	c->fd = socket(u->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (c->fd < 0) {
 		char why[160];
@@ -1433,7 +1610,9 @@ static void pump(struct delivery *d)
 			if (c->key != key || c->closing)
 				continue;
 			n++;
-			starting += !c->connected || relay_client_status(&c->rc) == RELAY_WANT_REPLY;
+			/* not yet ready for a first message: connect, greeting, TLS */
+			starting += !c->connected ||
+				    (!c->msg_active && relay_client_status(&c->rc) != RELAY_READY);
 		}
 		/* one more connection per waiting message, up to the pool's size */
 		if (n >= cf->relay.connections || starting > 0) {
@@ -1655,6 +1834,7 @@ void delivery_tick(struct delivery *d)
 	if (d->core->view->snap->generation != d->generation) {
 		/* a new config may route what was held */
 		d->generation = d->core->view->snap->generation;
+		tls_ctx_drop(d); /* CA files may have changed */
 		for (struct dseg *s = d->segs; s; s = s->next)
 			for (uint32_t mi = 0; mi < s->rp.nmsgs; mi++)
 				s->mflags[mi] &= (uint8_t)~MF_HELD;
@@ -1705,6 +1885,7 @@ void delivery_stop(struct delivery *d)
 	for (uint32_t i = 0; i < d->groups_cap; i++)
 		buf_free(&d->groups[i].bytes);
 	free(d->groups);
+	tls_ctx_drop(d);
 	free(d->ready);
 	free(d->routes);
 	free(d->pend);
