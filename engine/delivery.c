@@ -826,8 +826,8 @@ static void record_outcome(struct delivery *d, struct dseg *s, uint32_t mi, uint
 	}
 	char id[SPOOL_ID_LEN + 1];
 	spool_make_id(id, d->core->index, s->seq, m->offset);
-	log_info("delivery: %s rcpt %u %s via %s: %u %.*s", id, rcpt, dlv_outcome_name(rec.outcome),
-		 hop, code, (int)(text_len > 200 ? 200 : text_len), text);
+	log_info("delivery: %s rcpt %u %s via %s: %.*s", id, rcpt, dlv_outcome_name(rec.outcome),
+		 hop, (int)(text_len > 200 ? 200 : text_len), text);
 	writer_add(d, s, mi, &rec);
 }
 
@@ -945,7 +945,12 @@ static void dsn_start(struct delivery *d, struct dseg *s, uint32_t mi)
 				       .last_attempt = (int64_t)rc->at};
 		struct dlv_record rec;
 		if (dlv_text(s, rc, recbuf[j->n], &rec) == 0) {
-			/* the text is "X.Y.Z words" when the reply had an enhanced code */
+			/* the text is "CODE X.Y.Z words" (the enhanced code when the
+			 * reply had one); dsn.c writes code and status itself */
+			if (rec.code && rec.text_len >= 4 && rec.text[3] == ' ') {
+				rec.text += 4;
+				rec.text_len -= 4;
+			}
 			size_t k = 0;
 			while (k < rec.text_len && k + 1 < RELAY_ENHANCED_MAX && rec.text[k] != ' ')
 				k++;
@@ -1033,7 +1038,8 @@ static void on_outcome(void *ctx, const struct relay_outcome *o)
 	struct rconn *c = ctx;
 	assert(c->msg_active);
 	char text[DLV_TEXT_MAX];
-	int n = snprintf(text, sizeof text, "%s%s%.*s", o->reply.enhanced,
+	/* the record keeps the reply as received: "550 5.1.1 text" */
+	int n = snprintf(text, sizeof text, "%u %s%s%.*s", o->reply.code, o->reply.enhanced,
 			 o->reply.enhanced[0] ? " " : "", (int)o->reply.text_len, o->reply.text);
 	size_t len = n < 0 ? 0 : (size_t)n >= sizeof text ? sizeof text - 1 : (size_t)n;
 	record_outcome(c->d, c->seg, c->mi, o->rcpt->id, o->verdict, o->reply.code,
