@@ -86,14 +86,15 @@ class MxloadTest(MxdTestCase):
         self.assertEqual(len(set(ids)), acknowledged, "duplicate ids in mxspool list")
         return ids
 
-    def assert_content(self, d, ids, size):
-        """A few spooled messages: the given size once mxd's Received: is
-        taken off, a Message-ID of their own first, and the lone-dot line
-        and dot-led lines arrive unstuffed."""
+    def assert_content(self, d, ids, sizes):
+        """A few spooled messages: one of the sizes sent once mxd's
+        Received: is taken off, a Message-ID of their own first, and the
+        lone-dot line and dot-led lines arrive unstuffed. (mxspool lists
+        by core, then segment: a sample may fall on any phase's messages.)"""
         seen = set()
         for qid in ids[:: max(1, len(ids) // 5)][:5]:
             content = strip_received(spool_cat(d.spool, qid))
-            self.assertEqual(len(content), size, qid)
+            self.assertIn(len(content), sizes, qid)
             m = MSGID_RE.match(content)
             self.assertTrue(m, content[:200])
             seen.add(m.group(0))
@@ -132,7 +133,7 @@ class MxloadTest(MxdTestCase):
         total += res["messages_ok"]
         ids = self.assert_spool(d, total)
         self.assertEqual(total, 6200)
-        self.assert_content(d, ids, 4096)
+        self.assert_content(d, ids, (4096, 100 * 1024))
 
     def test_starttls(self):
         d = self.start_mxd(tls=True)
@@ -143,7 +144,7 @@ class MxloadTest(MxdTestCase):
         self.assertEqual(res["handshakes"], 40, text)
         self.assertGreater(res["resumed"], 0, text)
         ids = self.assert_spool(d, res["messages_ok"])
-        self.assert_content(d, ids, 4096)
+        self.assert_content(d, ids, (4096,))
 
     def test_refusals_are_errors(self):
         # a recipient no rule accepts: 554 to every RCPT, counted as errors
