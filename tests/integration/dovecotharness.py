@@ -202,7 +202,7 @@ class Dovecot:
 
     def __init__(self, workdir, users=("alice", "bob", "carol"), over_quota=(),
                  quota_tempfail=True, name="dovecot", process_limit=16, port=None,
-                 fsync="optimized"):
+                 fsync="optimized", wrapper=()):
         reason = available()
         if reason:
             raise RuntimeError(reason)
@@ -223,6 +223,7 @@ class Dovecot:
         self.quota_tempfail = quota_tempfail
         self.process_limit = process_limit
         self.fsync = fsync
+        self.wrapper = list(wrapper)   # e.g. ["taskset", "-c", "1"] (bench)
         self.proc = None
         self.stdout_file = None
         if os.geteuid() == 0:
@@ -273,7 +274,7 @@ class Dovecot:
     # -- life cycle ---------------------------------------------------------------
     def start(self):
         self.stdout_file = open(os.path.join(self.dir, "dovecot.stdout"), "wb")
-        self.proc = subprocess.Popen([DOVECOT, "-F", "-c", self.config_path],
+        self.proc = subprocess.Popen(self.wrapper + [DOVECOT, "-F", "-c", self.config_path],
                                      cwd=self.dir, stdin=subprocess.DEVNULL,
                                      stdout=self.stdout_file, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20 * SLOW
