@@ -247,6 +247,9 @@ static void cmd_status(struct client *c)
 		   (unsigned long long)METRICS_SUM(cores, n, connections_open));
 	buf_printf(&c->out, "ok-messages %llu\n",
 		   (unsigned long long)METRICS_SUM(cores, n, messages));
+	/* recipients not yet finished (delivery.c); 0 without "relay via" */
+	buf_printf(&c->out, "ok-queue %llu\n",
+		   (unsigned long long)METRICS_SUM(cores, n, relay_queue));
 	reply_final(c, true, "%s", "");
 }
 
