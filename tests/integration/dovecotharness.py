@@ -260,7 +260,9 @@ class Dovecot:
             rootless = ""
         else:
             me = pwd.getpwuid(os.getuid()).pw_name
-            privileges = "default_internal_user = %s\ndefault_login_user = %s" % (me, me)
+            group = grp.getgrgid(os.getgid()).gr_name
+            privileges = ("default_internal_user = %s\ndefault_login_user = %s\n"
+                          "default_internal_group = %s" % (me, me, group))
             rootless = ROOTLESS
         text = CONFIG.format(base=self.base_dir, state=self.state_dir, log=self.log_path,
                              tag="%d-%d" % (os.getpid(), self.port), privileges=privileges,
