@@ -13,6 +13,8 @@ directory (as `nobody`), where the test reads it back.
              `ca "CA FILE"`); `tls="none"` offers no STARTTLS
   mailboxes  users given at construction; any other user of the domains
              gets 550 5.1.1 at RCPT (virtual_mailbox_maps)
+  smtps      `smtps=True`: a second smtpd on smtps_port, TLS from the first
+             byte (smtpd_tls_wrappermode)
   refusals   `reject={address: "550 5.7.1 text"}` makes RCPT to that
              address answer exactly that: a 5xx to see bounced, a 4xx to
              see deferred (check_recipient_access)
@@ -130,7 +132,7 @@ smtpd_tls_received_header = yes
 MASTER_CF = """\
 # service type  private unpriv  chroot  wakeup  maxproc command
 127.0.0.1:{port} inet n - n - 50 smtpd
-pickup    unix  n       -       n       60      1       pickup
+{smtps}pickup    unix  n       -       n       60      1       pickup
 cleanup   unix  n       -       n       -       0       cleanup
 qmgr      unix  n       -       n       300     1       qmgr
 tlsmgr    unix  -       -       n       1000?   1       tlsmgr
@@ -157,7 +159,7 @@ class Postfix:
 
     def __init__(self, workdir, cert=None, users=("alice", "bob", "carol"),
                  domains=("example.com", "example.org"), reject=None, name="postfix",
-                 hostname="nexthop.test.example", port=None):
+                 hostname="nexthop.test.example", port=None, smtps=False):
         reason = available()
         if reason:
             raise RuntimeError(reason)
@@ -170,6 +172,8 @@ class Postfix:
         self.mail = os.path.join(self.dir, "mail")
         self.log_path = os.path.join(self.dir, "postfix.log")
         self.port = port or free_port()
+        # smtps: a second smtpd with TLS from the first byte (RFC 8314)
+        self.smtps_port = free_port() if smtps else None
         self.users = list(users)
         self.domains = list(domains)
         self.reject = dict(reject or {})
@@ -208,7 +212,12 @@ class Postfix:
                                    recipient_restrictions=restrictions, cert=cert, key=key,
                                    tls_level=level))
         with open(os.path.join(self.etc, "master.cf"), "w") as f:
-            f.write(MASTER_CF.format(port=self.port))
+            smtps = ""
+            if self.smtps_port:
+                assert self.cert is not None, "smtps needs a certificate"
+                smtps = ("127.0.0.1:%d inet n - n - 50 smtpd -o smtpd_tls_wrappermode=yes "
+                         "-o smtpd_tls_security_level=encrypt\n" % self.smtps_port)
+            f.write(MASTER_CF.format(port=self.port, smtps=smtps))
         self._postfix("check")
 
     def _postfix(self, *args):

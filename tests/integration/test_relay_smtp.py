@@ -23,7 +23,7 @@ import ssl
 import time
 import unittest
 
-from mxharness import spool_cat, strip_received
+from mxharness import free_port, spool_cat, strip_received
 from relayharness import (Dsn, RelayTestCase, assert_failed_block, make_message, message_id,
                           send, send_many, spool_show, to_lf, wait_until)
 import postfixharness as ph
@@ -36,7 +36,7 @@ class PostfixHarnessTest(RelayTestCase):
 
     def test_smtplib_plain_starttls_refusals_restart(self):
         cert = th.certs().server("mail.example.com").copy_to(self.workdir("pki"), "pf")
-        pf = self.postfix(users=USERS, cert=cert,
+        pf = self.postfix(users=USERS, cert=cert, smtps=True,
                           reject={"rej5@example.com": "550 5.7.1 refused by the test",
                                   "rej4@example.com": "450 4.2.1 try again later"})
         plain = make_message("plain", eightbit=True)
@@ -56,6 +56,11 @@ class PostfixHarnessTest(RelayTestCase):
             s.starttls(context=th.client_context(ca=th.certs().ca()))
             s.ehlo("client.test.example")
             s.sendmail("sender@example.org", ["bob@example.com"], tls)
+        with smtplib.SMTP_SSL("127.0.0.1", pf.smtps_port, timeout=30,
+                              context=th.client_context(ca=th.certs().ca())) as s:
+            s.ehlo("client.test.example")
+            s.sendmail("sender@example.org", ["carol@example.com"], plain)
+        wait_until(lambda: pf.messages("carol@example.com"), 15, pf.log_text)
         # The wrong CA: the handshake fails.
         with smtplib.SMTP("127.0.0.1", pf.port, timeout=30) as s:
             with self.assertRaises(ssl.SSLError):
@@ -172,6 +177,46 @@ class RelaySmtpTest(RelayTestCase):
         self.assertIsNotNone(listed.next_try, listed)
         print("\nwrong CA: %s" % listed)
         self.stop_ok(bad)
+        self.stop_ok(d)
+
+    def test_smtps_and_failover(self):
+        """smtps:// verified (TLS from the first byte); and a route whose
+        first hop refuses connections fails over to the second."""
+        certdir = self.workdir("pki")
+        cert = th.certs().server("mail.example.com").copy_to(certdir, "pf")
+        ca = th.certs().ca().copy_to(certdir, "ca").cert
+        pf = self.postfix(users=USERS, cert=cert, smtps=True)
+        d = self.relay_mxd("smtps://127.0.0.1:%d" % pf.smtps_port, verify=ca)
+        sent = self.send_batch(d, 5, "smtps", (("alice@example.com",),))
+        for h in self.assert_delivered_once(d, pf, sent):
+            self.assertIn(b"with ESMTPS id", h)
+            self.assertRegex(h, rb"using TLSv1\.[23] with cipher")
+        dead = self.relay_mxd(["smtp://127.0.0.1:%d" % free_port(),
+                               "smtp://127.0.0.1:%d" % pf.port], name="failover")
+        sent2 = self.send_batch(dead, 5, "failover", (("bob@example.com",),))
+        self.assert_delivered_once(dead, pf, sent2)
+        self.assert_states(dead, [q for q, _, _ in sent2.values()], "delivered")
+        self.stop_ok(dead)
+        self.stop_ok(d)
+
+    def test_starttls_required_but_not_offered(self):
+        """smtp+tls:// to a next hop without STARTTLS: nothing goes in clear;
+        deferred (4.7.4 by docs/relay.md)."""
+        pf = self.postfix(users=USERS)          # no certificate: no STARTTLS
+        ca = th.certs().ca().copy_to(self.workdir("pki"), "ca").cert
+        d = self.relay_mxd("smtp+tls://127.0.0.1:%d" % pf.port, verify=ca)
+        sent = self.send_batch(d, 2, "clear", (("carol@example.com",),))
+        qids = [q for q, _, _ in sent.values()]
+        wait_until(lambda: all(getattr(self.states(d).get(q), "state", None) == "deferred"
+                               and (self.states(d)[q].attempts or 0) >= 2 for q in qids),
+                   20, lambda: self.describe_spool(d))
+        self.assertEqual(pf.count("carol@example.com"), 0, "delivered in clear")
+        # Postfix's disconnect lines count the commands: no MAIL was sent.
+        self.assertRegex(pf.log_text(), r"disconnect from .* ehlo=", "mxd never connected?")
+        self.assertNotRegex(pf.log_text(), r"disconnect from .* mail=", "a transaction in clear")
+        listed = self.states(d)[qids[0]]
+        self.assertIn("4.7.4", listed.reply or "", listed)
+        print("\nSTARTTLS not offered: %s" % listed)
         self.stop_ok(d)
 
     def test_next_hop_down_then_up(self):
