@@ -34,6 +34,7 @@
 #include "conf.h"
 #include "core.h"
 #include "delivery_request.h"
+#include "delivery_sched.h"
 #include "delivery_state.h"
 #include "dsn.h"
 #include "log.h"
@@ -74,7 +75,7 @@ struct dseg {
 struct ditem {
 	struct dseg *seg;
 	uint32_t mi;
-	uint64_t key;                  /* the route's hops (route_key) */
+	uint64_t key;                  /* the route's identity (dsched_route_key) */
 };
 
 /* What the .dlv writer holds: a record (len > 0) or a release (len 0). */
@@ -209,25 +210,6 @@ bool delivery_configured(const struct conf *c)
 		if (c->rules[i].relay.nhops)
 			return true;
 	return false;
-}
-
-static uint64_t fnv(uint64_t h, const char *p)
-{
-	for (; *p; p++)
-		h = (h ^ (uint8_t)*p) * 1099511628211ull;
-	return (h ^ ' ') * 1099511628211ull;
-}
-
-/* A route's identity across reloads: its hops' canonical URLs and how
- * their certificates are checked (FNV-1a). Connections are shared by the
- * messages of one identity only. */
-static uint64_t route_key(const struct conf_route *via)
-{
-	uint64_t h = 1469598103934665603ull;
-	for (size_t i = 0; i < via->nhops; i++)
-		h = fnv(h, via->hops[i].text);
-	h = fnv(h, via->noverify ? "noverify" : "verify");
-	return fnv(h, via->ca ? via->ca : "");
 }
 
 static void gauge_queue(struct delivery *d)
@@ -478,11 +460,6 @@ static void reclaim_all(struct delivery *d)
 
 /* ---- the schedule ---- */
 
-static bool rcpt_due(const struct dlv_rcpt *rc, uint64_t now_s)
-{
-	return rc->outcome == DLV_QUEUED || (rc->outcome == DLV_DEFERRED && rc->next_try <= now_s);
-}
-
 static int msg_view(const struct dseg *s, uint32_t mi, struct spool_record_view *v)
 {
 	uint64_t off = s->rp.msgs[mi].offset;
@@ -512,7 +489,7 @@ static void enqueue(struct delivery *d, struct dseg *s, uint32_t mi)
 	uint64_t now_s = wall_s();
 	bool due = false;
 	for (uint32_t j = 0; j < m->nrcpt && !due; j++)
-		due = rcpt_due(&s->rp.rcpts[m->first + j], now_s);
+		due = dsched_rcpt_due(&s->rp.rcpts[m->first + j], now_s);
 	if (!due)
 		return;
 	struct spool_record_view v;
@@ -523,14 +500,14 @@ static void enqueue(struct delivery *d, struct dseg *s, uint32_t mi)
 		return;
 	}
 	for (uint32_t j = 0; j < m->nrcpt; j++) {
-		if (!rcpt_due(&s->rp.rcpts[m->first + j], now_s))
+		if (!dsched_rcpt_due(&s->rp.rcpts[m->first + j], now_s))
 			continue;
 		const struct route *r = &d->routes[j];
 		if (r->kind != ROUTE_RELAY)
 			continue;
 		if (grow((void **)&d->ready, &d->ready_cap, d->nready + 1, sizeof *d->ready) < 0)
 			return;
-		d->ready[d->nready++] = (struct ditem){.seg = s, .mi = mi, .key = route_key(r->via)};
+		d->ready[d->nready++] = (struct ditem){.seg = s, .mi = mi, .key = dsched_route_key(r->via)};
 		s->mflags[mi] |= MF_BUSY;
 		s->busy++;
 		return;
@@ -538,7 +515,7 @@ static void enqueue(struct delivery *d, struct dseg *s, uint32_t mi)
 	/* every due recipient is kept for consumers or unrouted */
 	s->mflags[mi] |= MF_HELD;
 	for (uint32_t j = 0; j < m->nrcpt; j++)
-		if (rcpt_due(&s->rp.rcpts[m->first + j], now_s) && d->routes[j].kind == ROUTE_NONE)
+		if (dsched_rcpt_due(&s->rp.rcpts[m->first + j], now_s) && d->routes[j].kind == ROUTE_NONE)
 			log_warn("delivery: %s recipient %u: no rule accepts it now; held (mxspool drop "
 				 "to give up)",
 				 v.id, j);
@@ -567,9 +544,11 @@ static void scan(struct delivery *d)
 		}
 	}
 	uint64_t now_ms = d->core->now_ms;
+	/* a recipient due now but not queued (its route is held) is looked
+	 * at again in a second, not in a spin */
 	d->scan_at_ms = next == UINT64_MAX ? UINT64_MAX
 			: next <= now_s	   ? now_ms + 1000
-					   : now_ms + (next - now_s) * 1000;
+					   : dsched_due_ms(next, now_s, now_ms);
 }
 
 /* ---- the .dlv writer ---- */
@@ -657,9 +636,7 @@ static void apply_entry(struct delivery *d, const struct wentry *e, bool ok)
 		d->queue += is ? -1 : 1;
 	}
 	if (rec.outcome == DLV_DEFERRED) {
-		uint64_t now_s = wall_s();
-		uint64_t at = rec.next_try > now_s ? d->core->now_ms + (rec.next_try - now_s) * 1000
-						   : d->core->now_ms;
+		uint64_t at = dsched_due_ms(rec.next_try, wall_s(), d->core->now_ms);
 		if (at < d->scan_at_ms)
 			d->scan_at_ms = at;
 	}
@@ -1124,8 +1101,8 @@ static bool conn_start_message(struct rconn *c, struct dseg *s, uint32_t mi)
 	struct spool_rcpt_view rv;
 	for (uint32_t j = 0; j < m->nrcpt && spool_rcpt_next(&v, &cur, &rv); j++) {
 		const struct route *r = &d->routes[j];
-		if (!rcpt_due(&s->rp.rcpts[m->first + j], now_s) || r->kind != ROUTE_RELAY ||
-		    route_key(r->via) != c->key)
+		if (!dsched_rcpt_due(&s->rp.rcpts[m->first + j], now_s) || r->kind != ROUTE_RELAY ||
+		    dsched_route_key(r->via) != c->key)
 			continue;
 		c->rcpts[n++] = (struct relay_rcpt){.addr = rv.addr, .addr_len = rv.addr_len,
 						    .orcpt = rv.orcpt, .orcpt_len = rv.orcpt_len,
@@ -1278,8 +1255,8 @@ static void defer_waiting(struct delivery *d, uint64_t key, const char *hop, con
 		if (msg_routes(d, it.seg, it.mi, &v) == 0) {
 			for (uint32_t j = 0; j < m->nrcpt; j++) {
 				const struct route *r = &d->routes[j];
-				if (rcpt_due(&it.seg->rp.rcpts[m->first + j], now_s) &&
-				    r->kind == ROUTE_RELAY && route_key(r->via) == key)
+				if (dsched_rcpt_due(&it.seg->rp.rcpts[m->first + j], now_s) &&
+				    r->kind == ROUTE_RELAY && dsched_route_key(r->via) == key)
 					record_outcome(d, it.seg, it.mi, j, RELAY_DEFERRED, 0, hop, why,
 						       strlen(why));
 			}
@@ -1316,7 +1293,9 @@ static void on_connect(struct core_op *op, int res, unsigned flags)
 	}
 	if (res < 0) {
 		char why[160];
-		snprintf(why, sizeof why, "connect: %s", strerror(-res));
+		/* a connect the tick cancelled ran out of "relay timeout connect" */
+		snprintf(why, sizeof why, "connect: %s",
+			 res == -ECANCELED ? "timed out" : strerror(-res));
 		c->closing = true; /* before conn_failed opens the next hop */
 		conn_failed(c, why);
 		conn_maybe_free(c);
@@ -1621,7 +1600,7 @@ static void pump(struct delivery *d)
 				    (!c->msg_active && relay_client_status(&c->rc) != RELAY_READY);
 		}
 		/* one more connection per waiting message, up to the pool's size */
-		if (n >= cf->relay.connections || starting > 0) {
+		if (!dsched_may_open(n, starting, cf->relay.connections)) {
 			full_key = key;
 			have_full = true;
 			continue;
@@ -1632,7 +1611,7 @@ static void pump(struct delivery *d)
 			continue;
 		const struct dlv_message *m = &it.seg->rp.msgs[it.mi];
 		for (uint32_t j = 0; j < m->nrcpt; j++) {
-			if (d->routes[j].kind == ROUTE_RELAY && route_key(d->routes[j].via) == key) {
+			if (d->routes[j].kind == ROUTE_RELAY && dsched_route_key(d->routes[j].via) == key) {
 				conn_open(d, d->routes[j].via, 0, key);
 				break;
 			}
