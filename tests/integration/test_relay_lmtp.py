@@ -26,7 +26,7 @@ import subprocess
 import time
 import unittest
 
-from mxharness import CRLF, MXD_BIN, ROOT, SLOW, spool_cat, strip_received
+from mxharness import CRLF, MXD_BIN, ROOT, SLOW, free_port, mxspool, spool_cat, strip_received
 from relayharness import (Dsn, RelayTestCase, assert_failed_block, make_message, message_id,
                           send, send_many, spool_bytes, spool_files, spool_show, to_lf,
                           wait_until)
@@ -240,6 +240,60 @@ class RelayLmtpTest(RelayTestCase):
         self.assertGreater(next_try, t_send + 60, "next try %s is not ~5m away" % listed.next_try)
         print("\nper-recipient: alice delivered, nosuch bounced (DSN %s), carol deferred: %s"
               % (block.get("Status"), listed))
+
+    def test_lifetime_expires_and_bounces(self):
+        """A next hop that never answers: after `relay lifetime` the
+        recipient expires and its sender gets a DSN (Action: failed, 4.4.7
+        or the last reply's status) through `bounce relay via`."""
+        store = self.dovecot(users=USERS)
+        dead = "lmtp://127.0.0.1:%d" % free_port()
+        d = self.relay_mxd(dead, bounce="lmtp://127.0.0.1:%d" % store.port,
+                           extra=["relay lifetime 3s", "relay retry 1s..1s"])
+        t0 = time.monotonic()
+        qid = send(d.port, "sender@example.org", ["alice@example.com"],
+                   make_message("expires"))
+        dsns = store.wait_count("sender", 1, timeout=20, what=lambda: self.describe_spool(d))
+        t_dsn = time.monotonic() - t0
+        self.assertGreaterEqual(t_dsn, 2.5, "bounced before the lifetime was over")
+        dsn = Dsn(dh.strip_store_headers(dsns[0]))
+        self.assertEqual(dsn.final_recipients(), ["alice@example.com"])
+        block = dsn.recipient("alice@example.com")
+        assert_failed_block(self, block, status_class="4", diagnostic=False)
+        self.assertEqual(store.count("alice"), 0)
+        _, rc = spool_show(d.spool, qid, d.config_path)
+        self.assertIn(rc["alice@example.com"][0], ("bounced", "expired"), rc)
+        print("\nlifetime 3s: DSN after %.1fs, %s %s" % (t_dsn, block.get("Action"),
+                                                        block.get("Status")))
+
+    def test_operator_retry_and_drop(self):
+        """`mxspool retry` sends a deferred message now, long before its next
+        try; `mxspool drop` gives one up: never delivered, no DSN."""
+        store = self.dovecot(users=USERS, start=False)   # down for now
+        d = self.relay_mxd("lmtp://127.0.0.1:%d" % store.port, extra=["relay retry 10m..1h"],
+                           bounce="lmtp://127.0.0.1:%d" % store.port)
+        q1 = send(d.port, "sender@example.org", ["alice@example.com"], make_message("retryme"))
+        q2 = send(d.port, "sender@example.org", ["bob@example.com"], make_message("dropme"))
+        wait_until(lambda: all(getattr(self.states(d).get(q), "state", None) == "deferred"
+                               for q in (q1, q2)), 15, lambda: self.describe_spool(d))
+        store.start()
+        time.sleep(1.5)   # the next tries are 10 minutes away: nothing moves by itself
+        self.assertEqual(store.count("alice") + store.count("bob"), 0)
+        r = mxspool(d.spool, "retry", q1)
+        self.assertEqual(r.returncode, 0)
+        t0 = time.monotonic()
+        store.wait_count("alice", 1, timeout=10, what=lambda: self.describe_spool(d))
+        t_retry = time.monotonic() - t0
+        mxspool(d.spool, "drop", q2)
+        wait_until(lambda: getattr(self.states(d).get(q2), "state", None) == "dropped", 10,
+                   lambda: self.describe_spool(d))
+        wait_until(lambda: getattr(self.states(d).get(q1), "state", None) == "delivered", 10,
+                   lambda: self.describe_spool(d))
+        time.sleep(1)
+        self.assertEqual((store.count("bob"), store.count("sender")), (0, 0),
+                         "a dropped message is neither delivered nor bounced")
+        print("\nretry: delivered %.2fs after mxspool retry; drop: dropped, nothing sent"
+              % t_retry)
+        self.stop_ok(d)
 
     def test_spool_reclaimed_after_burst(self):
         """A few thousand messages through small segments; once Dovecot has
