@@ -94,7 +94,7 @@ struct wgroup {
 };
 
 struct rconn {
-	struct core_op op_connect, op_recv, op_send;
+	struct core_op op_connect, op_recv, op_send, op_close;
 	struct delivery *d;
 	struct rconn *next;
 	struct relay_url hops[RC_HOPS_MAX];
@@ -1219,10 +1219,21 @@ static void conn_maybe_free(struct rconn *c)
 	free(c->ca);
 	free(c->reply);
 	free(c->rcpts);
-	free(c);
-	pump(d); /* room in the pool */
+	free(c); /* the next pump (end of the loop turn) may open another */
 }
 
+static void on_close_nop(struct core_op *op, int res, unsigned flags)
+{
+	(void)res;
+	(void)flags;
+	struct rconn *c = container_of(op, struct rconn, op_close);
+	c->pending--;
+	conn_maybe_free(c);
+}
+
+/* The connection is freed from a later completion (a NOP queued here,
+ * after the recv and send still in flight), never under its callers'
+ * feet: code that closed it may still look at it in this turn. */
 static void conn_close(struct rconn *c)
 {
 	if (c->closing)
@@ -1231,7 +1242,10 @@ static void conn_close(struct rconn *c)
 	c->closing = true;
 	if (c->fd >= 0)
 		shutdown(c->fd, SHUT_RDWR); /* completes the recv in flight */
-	conn_maybe_free(c);
+	struct io_uring_sqe *sqe = core_sqe(c->d->core);
+	io_uring_prep_nop(sqe);
+	io_uring_sqe_set_data64(sqe, op_data(&c->op_close, OP_HANDLER));
+	c->pending++;
 }
 
 static struct rconn *conn_open(struct delivery *d, const struct conf_route *via, unsigned hop,
@@ -1527,6 +1541,7 @@ static struct rconn *conn_open(struct delivery *d, const struct conf_route *via,
 	c->op_connect.handler = on_connect;
 	c->op_recv.handler = on_recv;
 	c->op_send.handler = on_send;
+	c->op_close.handler = on_close_nop;
 	buf_init(&c->out, 0);
 	const struct relay_url *u = &c->hops[hop];
 	c->cfg = relay_client_config_default(cf->relay.helo ? cf->relay.helo : cf->hostname);
