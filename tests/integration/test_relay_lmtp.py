@@ -326,12 +326,16 @@ class RelayLmtpTest(RelayTestCase):
         segs, left = spool_files(d.spool, "seg"), spool_bytes(d.spool)
         dlvs = spool_files(d.spool, "dlv")
         self.assertLessEqual(len(dlvs), cores, dlvs)
+        # Decimal sequence numbers: the ones left say how many segments the
+        # burst went through, every one before them deleted.
+        made = sum(int(os.path.basename(p)[:-4]) for p in segs)
+        self.assertGreater(made, 4 * cores, "the burst never filled a segment: %r" % segs)
         self.assertEqual(store.count("user1"), n, "duplicates in the store")
         print("\nreclaim: %d messages in %.2fs (%.0f/s inbound), drained to Dovecot in %.2fs "
-              "(%.0f/s end to end); segments at the end of the burst %d (%d bytes), after "
-              "draining %d (%d bytes), .dlv %d"
-              % (n, t_in, n / t_in, t_drain, n / t_drain, peak_segs, peak_bytes, len(segs),
-                 left, len(dlvs)))
+              "(%.0f/s end to end); %d segments made, %d (%d bytes) on disk as the burst ended, "
+              "%d (%d bytes) after draining, .dlv %d"
+              % (n, t_in, n / t_in, t_drain, n / t_drain, made, peak_segs, peak_bytes,
+                 len(segs), left, len(dlvs)))
         self.stop_ok(d)
 
 
