@@ -140,6 +140,12 @@ struct delivery {
 	uint64_t hold_until_ms;        /* after a .dlv write failure: no new starts */
 	struct ditem *ready;            /* FIFO; a taken entry has seg NULL */
 	size_t ready_head, nready, ready_cap;
+	size_t ready_live;             /* entries not taken */
+	struct {
+		uint64_t key;
+		size_t waiting;        /* ready entries of this route */
+	} *keys;                       /* the routes with mail waiting, few */
+	size_t nkeys, keys_cap;
 	struct rconn *conns;
 	unsigned nconns;
 	struct route *routes;          /* scratch for route_message */
@@ -195,6 +201,26 @@ static int grow(void **p, size_t *cap, size_t need, size_t size)
 	*p = q;
 	*cap = n;
 	return 0;
+}
+
+/* Count a ready entry of route key in (delta 1) or out (-1). */
+static void key_count(struct delivery *d, uint64_t key, int delta)
+{
+	d->ready_live += (size_t)(ssize_t)delta;
+	for (size_t i = 0; i < d->nkeys; i++) {
+		if (d->keys[i].key == key) {
+			d->keys[i].waiting += (size_t)(ssize_t)delta;
+			if (d->keys[i].waiting == 0)
+				d->keys[i] = d->keys[--d->nkeys];
+			return;
+		}
+	}
+	assert(delta > 0);
+	if (grow((void **)&d->keys, &d->keys_cap, d->nkeys + 1, sizeof *d->keys) < 0)
+		abort(); /* a few entries; without it waiting mail would stall */
+	d->keys[d->nkeys].key = key;
+	d->keys[d->nkeys].waiting = 1;
+	d->nkeys++;
 }
 
 static const struct conf *cur_conf(const struct delivery *d)
@@ -508,6 +534,7 @@ static void enqueue(struct delivery *d, struct dseg *s, uint32_t mi)
 		if (grow((void **)&d->ready, &d->ready_cap, d->nready + 1, sizeof *d->ready) < 0)
 			return;
 		d->ready[d->nready++] = (struct ditem){.seg = s, .mi = mi, .key = dsched_route_key(r->via)};
+		key_count(d, d->ready[d->nready - 1].key, 1);
 		s->mflags[mi] |= MF_BUSY;
 		s->busy++;
 		return;
@@ -1145,6 +1172,7 @@ static bool conn_take_work(struct rconn *c)
 			continue;
 		struct ditem it = d->ready[i];
 		d->ready[i].seg = NULL; /* taken; compacted by ready_compact */
+		key_count(d, it.key, -1);
 		while (d->ready_head < d->nready && !d->ready[d->ready_head].seg)
 			d->ready_head++;
 		if (conn_start_message(c, it.seg, it.mi))
@@ -1264,6 +1292,7 @@ static void defer_waiting(struct delivery *d, uint64_t key, const char *hop, con
 			d->ready[kept++] = it;
 			continue;
 		}
+		key_count(d, key, -1);
 		struct spool_record_view v;
 		const struct dlv_message *m = &it.seg->rp.msgs[it.mi];
 		if (msg_routes(d, it.seg, it.mi, &v) == 0) {
@@ -1579,8 +1608,11 @@ static struct rconn *conn_open(struct delivery *d, const struct conf_route *via,
 
 /* Give waiting messages to idle connections of their route, and open
  * connections where the pool has room. */
+/* Drop the taken entries once they outnumber the live ones. */
 static void ready_compact(struct delivery *d)
 {
+	if (d->nready - d->ready_head <= 2 * d->ready_live + 64)
+		return;
 	size_t kept = 0;
 	for (size_t i = d->ready_head; i < d->nready; i++)
 		if (d->ready[i].seg)
@@ -1589,48 +1621,55 @@ static void ready_compact(struct delivery *d)
 	d->ready_head = 0;
 }
 
-static void pump(struct delivery *d)
+/* Open a connection for route key, if its pool may grow: the route (its
+ * hops, CA) is taken from the first message waiting for it. */
+static void pump_route(struct delivery *d, uint64_t key)
 {
-	if (!d->active || d->core->draining || d->core->now_ms < d->hold_until_ms)
+	unsigned n = 0, starting = 0;
+	for (struct rconn *c = d->conns; c; c = c->next) {
+		if (c->key != key || c->closing)
+			continue;
+		n++;
+		/* not yet ready for a first message: connect, greeting, TLS */
+		starting += !c->connected ||
+			    (!c->msg_active && relay_client_status(&c->rc) != RELAY_READY);
+	}
+	if (!dsched_may_open(n, starting, cur_conf(d)->relay.connections))
 		return;
-	ready_compact(d);
-	const struct conf *cf = cur_conf(d);
-	uint64_t full_key = 0;
-	bool have_full = false;
-	for (struct rconn *c = d->conns; c && d->ready_head < d->nready; c = c->next)
-		if (!c->closing && c->connected && relay_client_status(&c->rc) == RELAY_READY &&
-		    !c->msg_active)
-			conn_take_work(c);
-	for (size_t i = 0; i < d->nready; i++) {
-		uint64_t key = d->ready[i].key;
-		if (!d->ready[i].seg || (have_full && key == full_key))
-			continue;
-		unsigned n = 0, starting = 0;
-		for (struct rconn *c = d->conns; c; c = c->next) {
-			if (c->key != key || c->closing)
-				continue;
-			n++;
-			/* not yet ready for a first message: connect, greeting, TLS */
-			starting += !c->connected ||
-				    (!c->msg_active && relay_client_status(&c->rc) != RELAY_READY);
-		}
-		/* one more connection per waiting message, up to the pool's size */
-		if (!dsched_may_open(n, starting, cf->relay.connections)) {
-			full_key = key;
-			have_full = true;
-			continue;
-		}
-		struct spool_record_view v;
+	for (size_t i = d->ready_head; i < d->nready; i++) {
 		struct ditem it = d->ready[i];
-		if (msg_routes(d, it.seg, it.mi, &v) < 0)
+		struct spool_record_view v;
+		if (!it.seg || it.key != key || msg_routes(d, it.seg, it.mi, &v) < 0)
 			continue;
 		const struct dlv_message *m = &it.seg->rp.msgs[it.mi];
 		for (uint32_t j = 0; j < m->nrcpt; j++) {
 			if (d->routes[j].kind == ROUTE_RELAY && dsched_route_key(d->routes[j].via) == key) {
 				conn_open(d, d->routes[j].via, 0, key);
-				break;
+				return;
 			}
 		}
+	}
+}
+
+/* Give waiting messages to idle connections of their route, and open
+ * connections where a pool has room. Runs at the end of a loop turn
+ * while mail waits: its cost is in connections and routes, not in the
+ * length of the queue. */
+static void pump(struct delivery *d)
+{
+	if (!d->active || d->core->draining || d->core->now_ms < d->hold_until_ms)
+		return;
+	ready_compact(d);
+	for (struct rconn *c = d->conns; c && d->ready_live; c = c->next)
+		if (!c->closing && c->connected && relay_client_status(&c->rc) == RELAY_READY &&
+		    !c->msg_active)
+			conn_take_work(c);
+	for (size_t k = 0; k < d->nkeys; k++) {
+		uint64_t key = d->keys[k].key;
+		pump_route(d, key);
+		/* conn_open may have deferred (and uncounted) this route's mail */
+		if (k < d->nkeys && d->keys[k].key != key)
+			k--;
 	}
 }
 
@@ -1856,7 +1895,7 @@ void delivery_tick(struct delivery *d)
 
 void delivery_flush(struct delivery *d)
 {
-	if (d->ready_head < d->nready)
+	if (d->ready_live)
 		pump(d);
 	writer_flush(d);
 }
@@ -1887,6 +1926,7 @@ void delivery_stop(struct delivery *d)
 	free(d->groups);
 	tls_ctx_drop(d);
 	free(d->ready);
+	free(d->keys);
 	free(d->routes);
 	free(d->pend);
 	free(d->batch);
