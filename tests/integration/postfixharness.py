@@ -15,6 +15,9 @@ directory (as `nobody`), where the test reads it back.
              gets 550 5.1.1 at RCPT (virtual_mailbox_maps)
   smtps      `smtps=True`: a second smtpd on smtps_port, TLS from the first
              byte (smtpd_tls_wrappermode)
+  extensions `discard_ehlo=("chunking", "pipelining")` hides them from EHLO
+             (smtpd_discard_ehlo_keywords): the client's DATA path, one
+             command at a time
   refusals   `reject={address: "550 5.7.1 text"}` makes RCPT to that
              address answer exactly that: a 5xx to see bounced, a 4xx to
              see deferred (check_recipient_access)
@@ -127,6 +130,7 @@ smtpd_tls_security_level = {tls_level}
 smtpd_tls_loglevel = 1
 smtpd_tls_session_cache_database =
 smtpd_tls_received_header = yes
+smtpd_discard_ehlo_keywords = {discard}
 """
 
 MASTER_CF = """\
@@ -159,7 +163,7 @@ class Postfix:
 
     def __init__(self, workdir, cert=None, users=("alice", "bob", "carol"),
                  domains=("example.com", "example.org"), reject=None, name="postfix",
-                 hostname="nexthop.test.example", port=None, smtps=False):
+                 hostname="nexthop.test.example", port=None, smtps=False, discard_ehlo=()):
         reason = available()
         if reason:
             raise RuntimeError(reason)
@@ -179,6 +183,7 @@ class Postfix:
         self.reject = dict(reject or {})
         self.cert = cert
         self.hostname = hostname
+        self.discard_ehlo = list(discard_ehlo)
         self.uid, self.gid = 65534, 65534
         self.proc = None
         self.out_file = None
@@ -210,7 +215,7 @@ class Postfix:
                                    domains=", ".join(self.domains), mail=self.mail,
                                    mailboxes=mailboxes, uid=self.uid, gid=self.gid,
                                    recipient_restrictions=restrictions, cert=cert, key=key,
-                                   tls_level=level))
+                                   tls_level=level, discard=", ".join(self.discard_ehlo)))
         with open(os.path.join(self.etc, "master.cf"), "w") as f:
             smtps = ""
             if self.smtps_port:
@@ -295,6 +300,12 @@ class Postfix:
                 return f.read().decode("utf-8", "replace")[-tail:]
         except OSError:
             return ""
+
+    def disconnects(self):
+        """smtpd's "disconnect from" lines of sessions that sent mail (each
+        counts the commands: "ehlo=1 mail=3 rcpt=3 bdat=3 quit=1")."""
+        return [l for l in self.log_text(1 << 20).splitlines()
+                if "disconnect from" in l and " mail=" in l]
 
     # -- the store -----------------------------------------------------------------
     def maildir(self, address):

@@ -241,6 +241,24 @@ class RelayLmtpTest(RelayTestCase):
         print("\nper-recipient: alice delivered, nosuch bounced (DSN %s), carol deferred: %s"
               % (block.get("Status"), listed))
 
+    def test_permanent_failure_after_data(self):
+        """LMTP's per-recipient 552 5.2.2 after the data (quota, permanent):
+        that recipient bounced, the other of the same transaction delivered."""
+        store = self.dovecot(users=USERS, over_quota=("carol",), quota_tempfail=False)
+        url = "lmtp://127.0.0.1:%d" % store.port
+        d = self.relay_mxd(url, bounce=url)
+        qid = send(d.port, "sender@example.org", ["bob@example.com", "carol@example.com"],
+                   make_message("full", size=4000))
+        store.wait_count("bob", 1, what=lambda: self.describe_spool(d))
+        dsns = store.wait_count("sender", 1, what=lambda: self.describe_spool(d))
+        dsn = Dsn(dh.strip_store_headers(dsns[0]))
+        self.assertEqual(dsn.final_recipients(), ["carol@example.com"])
+        assert_failed_block(self, dsn.recipient("carol@example.com"), code="5.2.2")
+        self.assertEqual(store.count("carol"), 0)
+        wait_until(lambda: spool_show(d.spool, qid, d.config_path)[1].get(
+            "carol@example.com", ("",))[0] == "bounced", 10,
+            lambda: spool_show(d.spool, qid, d.config_path)[0])
+
     def test_lifetime_expires_and_bounces(self):
         """A next hop that never answers: after `relay lifetime` the
         recipient expires and its sender gets a DSN (Action: failed, 4.4.7

@@ -18,6 +18,7 @@ chosen addresses refused at RCPT with a given 4xx or 5xx.
   to a second Postfix, parsed with the email package; none for <>.
 """
 
+import re
 import smtplib
 import ssl
 import time
@@ -145,6 +146,26 @@ class RelaySmtpTest(RelayTestCase):
         self.assert_states(d, [q for q, _, _ in sent.values()], "delivered")
         print("\nrelay smtp: %d messages delivered to Postfix in %.2fs" % (len(sent), t))
         self.stop_ok(d)
+        # Postfix offers CHUNKING: the content went as BDAT (the disconnect
+        # lines count the commands; mxd's connections close as it stops).
+        log = wait_until(lambda: pf.disconnects(), 10, pf.log_text)
+        self.assertTrue(all(re.search(r" bdat=\d", l) for l in log), log)
+        # One MAIL per message, several messages per connection.
+        mails = sum(int(re.search(r" mail=(\d+)", l).group(1)) for l in log)
+        self.assertEqual(mails, len(sent), log)
+        self.assertLess(len(log), len(sent), "one connection per message: %r" % log)
+
+    def test_data_path_one_command_at_a_time(self):
+        """A next hop without CHUNKING and PIPELINING: DATA with dot-stuffing,
+        each command waiting for its reply; still byte for byte."""
+        pf = self.postfix(users=USERS, discard_ehlo=("chunking", "pipelining"))
+        d = self.relay_mxd("smtp://127.0.0.1:%d" % pf.port)
+        sent = self.send_batch(d, 12, "data")
+        self.assert_delivered_once(d, pf, sent)
+        self.stop_ok(d)
+        log = wait_until(lambda: pf.disconnects(), 10, pf.log_text)
+        self.assertTrue(all(re.search(r" data=\d", l) and " bdat=" not in l for l in log), log)
+        self.assertNotIn("improper command pipelining", pf.log_text(100000))
 
     def test_starttls_verified_and_wrong_ca(self):
         certdir = self.workdir("pki")
