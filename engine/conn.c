@@ -168,9 +168,13 @@ static void peer_set_address(struct smtp_peer *p, const struct sockaddr_storage 
 	p->is_local = address_is_loopback(ss);
 }
 
+/* The multishot accept takes no address, so the peer's comes from
+ * getpeername(); a client that reset before that has none, and its log
+ * lines say "unknown" rather than an empty client=. */
 static int peer_fill(struct smtp_peer *p, int fd)
 {
 	memset(p, 0, sizeof *p);
+	snprintf(p->addr_str, sizeof p->addr_str, "unknown");
 	struct sockaddr_storage ss;
 	socklen_t len = sizeof ss;
 	if (getpeername(fd, (struct sockaddr *)&ss, &len) < 0)

@@ -1,18 +1,21 @@
 """PROXY protocol listeners (`listen on ... proxy-v1|proxy-v2`): the real
 client address from the header is what policy, limits, logs and Received:
 see; SMTP bytes right behind the header are not swallowed; a missing or
-malformed header closes the connection without a word.
+malformed header closes the connection without a word; a connection
+reset before mxd took it closes as client=unknown.
 
 test_haproxy.py does the same behind a real HAProxy (send-proxy-v2 and
 send-proxy, health checks, STARTTLS); test_farm.py runs two nodes behind it.
 """
 
+import os
 import socket
 import struct
 import time
 import unittest
 
 from mxharness import SLOW, MxdTestCase, free_port, split_received
+from test_reload import HOOKS_BIN, HOOKS_REQUIRED, EnvMxd
 
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 
@@ -143,6 +146,46 @@ class ProxyProtocolTest(MxdTestCase):
         self.assertIn(b"Hello y [192.0.2.50]", out)
         self.assertTrue(out.endswith(b"221 2.0.0 Bye\r\n"), out)
         self.stop_ok(d)
+
+    def test_reset_before_accept_names_a_client(self):
+        """A health check that connects and resets (SO_LINGER 0) before mxd
+        takes the connection: getpeername() has nothing to say by then, and
+        the close line must still name a client."""
+        hooks = os.access(HOOKS_BIN, os.X_OK)
+        if not hooks and HOOKS_REQUIRED:
+            self.fail("MXD_HOOKS_REQUIRED=1 but %s is missing" % HOOKS_BIN)
+        if not hooks:
+            self.skipTest("no hooks build at %s (tools/build --hooks)" % HOOKS_BIN)
+        port = free_port()
+        hold = os.path.join(self.tmp, "hold-accepts")
+        d = EnvMxd(self.workdir("mxd"), name=self.id().split(".")[-1], binary=HOOKS_BIN,
+                   env={"MXD_ACCEPT_HOLD_FILE": hold}, port=port)
+        self._daemons.append(d)
+        d.write_config(text="\n".join([
+            "listen on 127.0.0.1 port %d proxy-v2" % port,
+            'spool "%s"' % d.spool, "cores 1", "hostname mx.test"]) + "\n")
+        d.start(wait=False)
+        deadline = time.monotonic() + 15 * SLOW
+        while "mxd started" not in d.stderr_text():
+            self.assertLess(time.monotonic(), deadline, d.stderr_text())
+            time.sleep(0.05)
+        open(hold, "w").close()
+        while "test hook: accepts held" not in d.stderr_text():
+            self.assertLess(time.monotonic(), deadline, d.stderr_text())
+            time.sleep(0.05)
+        n = 5
+        for _ in range(n):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5 * SLOW)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()  # RST: the connection dies in the kernel's accept queue
+        os.unlink(hold)
+        while d.stderr_text().count("reason=peer vanished") < n:
+            self.assertLess(time.monotonic(), deadline, d.stderr_text())
+            time.sleep(0.05)
+        self.stop_ok(d)
+        log = d.stderr_text()
+        self.assertEqual(log.count("close client=unknown reason=peer vanished"), n, log)
+        self.assertNotRegex(log, r"(?m)client=( |$)")
 
 
 if __name__ == "__main__":
