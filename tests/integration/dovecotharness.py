@@ -154,9 +154,13 @@ mail_location = maildir:~/Maildir
 mail_fsync = {fsync}
 lmtp_save_to_detail_mailbox = no
 lmtp_add_received_header = yes
+# Quota is checked when the message is saved, so an over-quota recipient
+# fails after the data, in its own reply (RFC 2033 4.2), not at RCPT.
 lmtp_rcpt_check_quota = no
 recipient_delimiter =
 hostname = store.test.example
+# No limit (storage=0) unless the user's userdb entry sets quota_rule;
+# full: 452 4.2.2 with quota_full_tempfail, else 552 5.2.2.
 mail_plugins = $mail_plugins quota
 plugin {{
   quota = maildir:User quota
