@@ -992,6 +992,7 @@ static void listener_free(struct conf_listener *l)
 	free(l->pki);
 	free(l->auth_table);
 	free(l->hostname);
+	free(l->proxy_from_table);
 	memset(l, 0, sizeof *l);
 }
 
@@ -1001,9 +1002,79 @@ struct listen_opts {
 	struct token verify_tok;
 	struct token pki_tok;
 	struct token proxy_tok;
+	struct token proxy_from_tok;
 	struct token port_tok;
 	struct token hostname_tok;
 };
+
+static int check_addr_table(struct parser *p, const char *name);
+static int table_list(struct parser *p, struct conf_table *t);
+
+/* A table of the config's own for a list written in place, named after
+ * where it was written ("proxy-from:LINE:COL"; ':' cannot be in a table
+ * name the user gives). The lookahead is the list ("{") or its only entry;
+ * its entries must be addresses or CIDRs. */
+static int literal_addr_table(struct parser *p, const char *prefix, char **out)
+{
+	char name[CONF_NAME_MAX + 32];
+	snprintf(name, sizeof name, "%s:%d:%d", prefix, p->tok.line, p->tok.col);
+	struct conf *c = p->c;
+	if (grow(p, (void **)&c->tables, &p->cap_tables, c->ntables, sizeof *c->tables) < 0)
+		return -1;
+	struct conf_table *t = &c->tables[c->ntables];
+	memset(t, 0, sizeof *t);
+	t->name = pstrdup(p, name);
+	if (!t->name)
+		return -1;
+	t->kind = CONF_TABLE_LIST;
+	t->line = p->tok.line;
+	t->col = p->tok.col;
+	c->ntables++;
+	int rc;
+	if (p->tok.type == T_LBRACE) {
+		rc = table_list(p, t);
+		if (rc == 0 && t->n == 0) {
+			perr_at(p, t->line, t->col, "empty list: no peer could send a PROXY header");
+			rc = -1;
+		}
+	} else {
+		size_t cap = 0;
+		rc = table_add(p, t, &cap, p->tok.text, NULL, p->tok.line, p->tok.col);
+		lex(p);
+	}
+	if (rc == 0)
+		rc = check_addr_table(p, t->name);
+	if (rc == 0 && !(*out = pstrdup(p, t->name)))
+		rc = -1;
+	return rc;
+}
+
+/* proxy-from any | local | <table> | { ADDR|CIDR, ... } | ADDR|CIDR */
+static int listen_proxy_from(struct parser *p, struct conf_listener *l)
+{
+	if (is_kw(p, "any") || is_kw(p, "local")) {
+		l->proxy_from = p->tok.text[0] == 'a' ? CONF_PROXY_FROM_ANY : CONF_PROXY_FROM_LOCAL;
+		lex(p);
+		return 0;
+	}
+	l->proxy_from = CONF_PROXY_FROM_TABLE;
+	if (p->tok.type == T_REF) {
+		if (want_table_ref(p, "<table>", &l->proxy_from_table) < 0)
+			return -1;
+		/* a bad entry is an error of the table's line; the listener is fine */
+		check_addr_table(p, l->proxy_from_table);
+		return 0;
+	}
+	if (p->tok.type == T_LBRACE || (is_value(p) && policy_valid_net(p->tok.text)))
+		return literal_addr_table(p, "proxy-from", &l->proxy_from_table);
+	if (is_value(p))
+		perr(p, &p->tok, "invalid address or CIDR %s after \"proxy-from\"",
+		     quote(p->tok.text).s);
+	else
+		perr(p, &p->tok, "expected any, local, <table>, an address or { list } after "
+				 "\"proxy-from\"");
+	return -1;
+}
 
 /* A listen option (or one of a group that exclude each other, such as
  * tls / tls-require / smtps) may be given once: the same word again is a
@@ -1097,6 +1168,12 @@ static int listen_option(struct parser *p, struct conf_listener *l, struct liste
 		lex(p);
 		return 0;
 	}
+	if (strcmp(w, "proxy-from") == 0) {
+		if (option_once(p, &o->proxy_from_tok, &opt) < 0)
+			return -1;
+		lex(p);
+		return listen_proxy_from(p, l);
+	}
 	if (strcmp(w, "hostname") == 0) {
 		if (option_once(p, &o->hostname_tok, &opt) < 0)
 			return -1;
@@ -1112,7 +1189,8 @@ static int listen_option(struct parser *p, struct conf_listener *l, struct liste
 }
 
 /* listen on ADDR [port N] [tls|tls-require|smtps] [pki NAME] [auth [<t>]]
- *           [verify] [proxy-v1|proxy-v2] [hostname NAME]   — any order */
+ *           [verify] [proxy-v1|proxy-v2] [proxy-from FROM] [hostname NAME]
+ *           — any order */
 static int d_listen(struct parser *p, const struct token *dir)
 {
 	struct conf_listener l = {0};
@@ -1159,6 +1237,10 @@ static int d_listen(struct parser *p, const struct token *dir)
 		}
 		if (!tls && (l.flags & CONF_LISTEN_VERIFY)) {
 			perr(p, &o.verify_tok, "\"verify\" needs tls, tls-require or smtps");
+			rc = -1;
+		}
+		if (o.proxy_from_tok.type != T_EOF && o.proxy_tok.type == T_EOF) {
+			perr(p, &o.proxy_from_tok, "\"proxy-from\" needs proxy-v1 or proxy-v2");
 			rc = -1;
 		}
 	}
@@ -2261,4 +2343,36 @@ int conf_parse_duration(const char *s, uint32_t *out_ms)
 		return -1;
 	*out_ms = (uint32_t)v;
 	return 0;
+}
+
+/* Entries shown by conf_proxy_from_describe before "and N more". */
+#define PROXY_FROM_SHOWN 8
+
+void conf_proxy_from_describe(const struct conf *c, const struct conf_listener *l,
+			      struct buf *out)
+{
+	switch (l->proxy_from) {
+	case CONF_PROXY_FROM_ANY:
+		buf_append_str(out, "any peer (proxy-from any)");
+		return;
+	case CONF_PROXY_FROM_LOCAL:
+		buf_append_str(out, "the loopback only (127.0.0.0/8, ::1)");
+		return;
+	case CONF_PROXY_FROM_TABLE:
+		break;
+	}
+	const struct conf_table *t = l->proxy_from_table ? conf_table_find(c, l->proxy_from_table)
+							 : NULL;
+	if (!t) {
+		buf_append_str(out, "no peer");
+		return;
+	}
+	if (strncmp(t->name, "proxy-from:", 11) != 0)
+		buf_printf(out, "<%s> ", t->name);
+	buf_append_str(out, "(");
+	for (size_t i = 0; i < t->n && i < PROXY_FROM_SHOWN; i++)
+		buf_printf(out, "%s%s", i ? ", " : "", t->keys[i]);
+	if (t->n > PROXY_FROM_SHOWN)
+		buf_printf(out, " and %zu more", t->n - PROXY_FROM_SHOWN);
+	buf_append_str(out, ")");
 }

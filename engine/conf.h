@@ -23,6 +23,15 @@ enum conf_listener_flag {
 	CONF_LISTEN_PROXY_V2 = 1 << 6,    /* a PROXY protocol v2 header comes first */
 };
 
+/* "proxy-from": which peers a proxy-v1/v2 listener takes a PROXY header
+ * from. Anyone else could claim any client address (and the accept rules
+ * "from" it), so the default is the loopback: a balancer on this host. */
+enum conf_proxy_from {
+	CONF_PROXY_FROM_LOCAL,            /* 127.0.0.0/8, ::1 (the default) */
+	CONF_PROXY_FROM_ANY,              /* every peer: only behind a firewall */
+	CONF_PROXY_FROM_TABLE,            /* the addresses/CIDRs of a table */
+};
+
 struct conf_listener {
 	char *addr_text;                  /* as written: "127.0.0.1", "::1" */
 	struct sockaddr_storage addr;     /* with the port set */
@@ -32,6 +41,9 @@ struct conf_listener {
 	char *pki;                        /* pki name or NULL */
 	char *auth_table;                 /* table name for auth <t>, or NULL */
 	char *hostname;                   /* "hostname NAME" option, or NULL */
+	enum conf_proxy_from proxy_from;  /* meaningful with CONF_LISTEN_PROXY_V1/V2 */
+	char *proxy_from_table;           /* CONF_PROXY_FROM_TABLE: its name; a literal
+	                                     list is a table named "proxy-from:LINE:COL" */
 	int line, col;
 };
 
@@ -204,6 +216,11 @@ const struct conf_pki *conf_pki_find(const struct conf *c, const char *name);
 #define CONF_DEFAULT_CONTROL_TIMEOUT (10u * 1000u)
 #define CONF_CONTROL_SOCKET_NAME "mxd.sock" /* in the spool directory by default */
 #define CONF_CONTROL_PATH_MAX 107u        /* sun_path holds 108 bytes with the NUL */
+
+/* Who may send listener l's PROXY headers, for the start-up log:
+ * "the loopback only (...)", "any peer (...)", "<t> (a, b, ...)". */
+void conf_proxy_from_describe(const struct conf *c, const struct conf_listener *l,
+			      struct buf *out);
 
 /* "35M" "1G" "512k" "1000" → bytes; -1 on syntax error or overflow. */
 int conf_parse_size(const char *s, uint64_t *out);

@@ -800,6 +800,19 @@ static void conn_proxy_input(struct conn *c, const char *data, size_t len)
 	conn_begin(c, data + used, len - used);
 }
 
+/* A peer outside the listener's proxy-from could claim any client
+ * address: closed before a byte of it is read, without a word, as a bad
+ * header is. */
+static void conn_refuse_proxy_peer(struct conn *c, const struct conf_listener *l)
+{
+	log_info("session=%s client=%s PROXY header not allowed from this peer on listener "
+		 "%s:%u (proxy-from)",
+		 c->sid, c->peer.addr_str, l->addr_text, l->port);
+	METRICS_INC(c->core->metrics.refused[METRICS_REFUSED_PROXY_NOT_ALLOWED]);
+	conn_abort(c, "proxy not allowed");
+	conn_maybe_finish(c);
+}
+
 void conn_accept(struct core *core, unsigned listener, int fd)
 {
 	struct core_view *view = core->view;
@@ -829,10 +842,14 @@ void conn_accept(struct core *core, unsigned listener, int fd)
 		conn_maybe_finish(c);
 		return;
 	}
-	unsigned proxy = conf->listeners[listener].flags &
-			 (CONF_LISTEN_PROXY_V1 | CONF_LISTEN_PROXY_V2);
+	const struct conf_listener *l = &conf->listeners[listener];
+	unsigned proxy = l->flags & (CONF_LISTEN_PROXY_V1 | CONF_LISTEN_PROXY_V2);
 	if (!proxy) {
 		conn_begin(c, NULL, 0);
+		return;
+	}
+	if (!policy_proxy_peer_allowed(view->snap->policy, l, &c->peer.addr)) {
+		conn_refuse_proxy_peer(c, l);
 		return;
 	}
 	c->proxy_pending = true;

@@ -193,6 +193,32 @@ static void log_tls_path(const struct snapshot *s)
 			 "(TCP_ULP \"tls\")");
 }
 
+/* Who may send each proxy listener's headers: said at start-up and after
+ * a reload; a warning when any peer may. */
+static void log_proxy_peers(const struct conf *c)
+{
+	struct buf who;
+	buf_init(&who, 0);
+	for (size_t i = 0; i < c->nlisteners; i++) {
+		const struct conf_listener *l = &c->listeners[i];
+		if (!(l->flags & (CONF_LISTEN_PROXY_V1 | CONF_LISTEN_PROXY_V2)))
+			continue;
+		buf_reset(&who);
+		conf_proxy_from_describe(c, l, &who);
+		if (buf_append(&who, "", 1) < 0)
+			continue; /* out of memory: the line is not worth a failure */
+		if (l->proxy_from == CONF_PROXY_FROM_ANY)
+			log_warn("listen on %s port %u: PROXY headers believed from %s: whoever "
+				 "reaches this port can claim any client address; firewall it",
+				 l->addr_text, l->port, who.data);
+		else
+			log_info("listen on %s port %u: PROXY headers believed from %s; other "
+				 "peers are closed at once",
+				 l->addr_text, l->port, who.data);
+	}
+	buf_free(&who);
+}
+
 /* The next listener set (sockets that stay are kept, with the connections
  * queued on them; new ones opened) and a mail per core with it and the
  * snapshot; all or nothing. */
@@ -304,6 +330,7 @@ static int reload(struct snapshot **current, struct buf *reply)
 	snapshot_release(*current);
 	*current = next;
 	log_info("reload: config generation %llu published", (unsigned long long)generation);
+	log_proxy_peers((*current)->conf);
 	if (reply)
 		buf_printf(reply, "ok generation %llu\n", (unsigned long long)generation);
 	return 0;
@@ -536,6 +563,7 @@ int main(int argc, char **argv)
 	upgrade_ready(); /* after an upgrade: the previous process may drain now */
 	for (size_t i = 0; i < c->nlisteners; i++)
 		log_info("listening on %s port %u", c->listeners[i].addr_text, c->listeners[i].port);
+	log_proxy_peers(c);
 	log_info("mxd started: %u cores, spool %s, max message size %llu", ncores, c->spool_dir,
 		 (unsigned long long)c->max_message_size);
 	log_tls_path(snap);

@@ -148,7 +148,8 @@ int metrics_render(struct buf *out, const struct core *cores, unsigned n)
 	buf_printf(out, "mxd_connections_open %llu\n", (unsigned long long)SUM(connections_open));
 
 	static const char *const refusal[METRICS_REFUSED_COUNT] = {
-		"connection_limit", "early_talker", "bad_proxy_header", "paused"};
+		"connection_limit", "early_talker", "bad_proxy_header", "paused",
+		"proxy_not_allowed"};
 	header(out, "mxd_connections_refused_total", "counter",
 	       "Connections refused before the SMTP session, by reason.");
 	for (unsigned r = 0; r < METRICS_REFUSED_COUNT; r++)

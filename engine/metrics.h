@@ -20,6 +20,7 @@ enum metrics_refusal {
 	METRICS_REFUSED_EARLY_TALKER,
 	METRICS_REFUSED_BAD_PROXY,
 	METRICS_REFUSED_PAUSED,       /* mxctl pause: at connect or at MAIL */
+	METRICS_REFUSED_PROXY_NOT_ALLOWED, /* a proxy listener's peer not in proxy-from */
 	METRICS_REFUSED_COUNT,
 };
 

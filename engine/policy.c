@@ -298,6 +298,13 @@ void policy_free(struct policy *p)
 	free(p);
 }
 
+/* The table of a listener's "proxy-from <t>", if it has one. */
+static bool listener_proxy_table(const struct conf_listener *l)
+{
+	return (l->flags & (CONF_LISTEN_PROXY_V1 | CONF_LISTEN_PROXY_V2)) &&
+	       l->proxy_from == CONF_PROXY_FROM_TABLE && l->proxy_from_table;
+}
+
 /* A rule's table, or an error at the rule's position. */
 static const struct ptable *rule_table(const struct policy *p, const struct conf *c,
 				       const struct conf_rule *r, const char *name, struct buf *errs)
@@ -327,6 +334,10 @@ struct policy *policy_build(const struct conf *c, struct buf *errs)
 		for (size_t k = 0; c->rules[i].from == CONF_FROM_TABLE && k < c->ntables; k++)
 			if (c->rules[i].from_table &&
 			    strcmp(c->rules[i].from_table, c->tables[k].name) == 0)
+				is_from[k] = true;
+	for (size_t i = 0; i < c->nlisteners; i++)
+		for (size_t k = 0; listener_proxy_table(&c->listeners[i]) && k < c->ntables; k++)
+			if (strcmp(c->listeners[i].proxy_from_table, c->tables[k].name) == 0)
 				is_from[k] = true;
 
 	bool failed = false;
@@ -362,6 +373,16 @@ struct policy *policy_build(const struct conf *c, struct buf *errs)
 		if (r->recipient_table &&
 		    !(pr->recipients = rule_table(p, c, r, r->recipient_table, errs)))
 			failed = true;
+	}
+	for (size_t i = 0; i < c->nlisteners; i++) {
+		const struct conf_listener *l = &c->listeners[i];
+		if (listener_proxy_table(l) && !ptable_find(p, l->proxy_from_table)) {
+			if (errs)
+				buf_printf(errs, "%s:%d:%d: unknown table \"%s\"\n",
+					   c->path ? c->path : "(config)", l->line, l->col,
+					   l->proxy_from_table);
+			failed = true;
+		}
 	}
 	if (failed) {
 		policy_free(p);
@@ -426,6 +447,19 @@ bool policy_addr_in_table(const struct policy *p, const char *table,
 {
 	const struct ptable *t = ptable_find(p, table);
 	return t && t->is_addr && nets_have(t, addr);
+}
+
+bool policy_proxy_peer_allowed(const struct policy *p, const struct conf_listener *l,
+			       const struct sockaddr_storage *peer)
+{
+	assert(p && l && peer);
+	switch (l->proxy_from) {
+	case CONF_PROXY_FROM_ANY: return true;
+	case CONF_PROXY_FROM_LOCAL: return policy_is_loopback(peer);
+	case CONF_PROXY_FROM_TABLE:
+		return l->proxy_from_table && policy_addr_in_table(p, l->proxy_from_table, peer);
+	}
+	return false;
 }
 
 bool policy_is_loopback(const struct sockaddr_storage *ss)

@@ -49,4 +49,10 @@ bool policy_valid_net(const char *text);
 bool policy_addr_in_table(const struct policy *p, const char *table,
 			  const struct sockaddr_storage *addr);
 
+/* May this peer (the TCP peer, not a client a header names) send the
+ * PROXY header on listener l? By its "proxy-from": any, the loopback
+ * (the default), or the addresses of a table. */
+bool policy_proxy_peer_allowed(const struct policy *p, const struct conf_listener *l,
+			       const struct sockaddr_storage *peer);
+
 #endif

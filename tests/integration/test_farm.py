@@ -114,7 +114,9 @@ class Node:
 
     def config(self, spool):
         return "\n".join([
-            "listen on %s port %d proxy-v2" % (self.ip, MXD_PORT),
+            # HAProxy reaches the node from the root namespace's end of the
+            # veth: the only peer whose PROXY header the node believes
+            "listen on %s port %d proxy-v2 proxy-from %s" % (self.ip, MXD_PORT, self.host_ip),
             "table domains { example.com }",
             "accept from any for domain <domains>",
             'spool "%s"' % spool,

@@ -1,18 +1,22 @@
 """PROXY protocol listeners (`listen on ... proxy-v1|proxy-v2`): the real
 client address from the header is what policy, limits, logs and Received:
 see; SMTP bytes right behind the header are not swallowed; a missing or
-malformed header closes the connection without a word; a connection
-reset before mxd took it closes as client=unknown.
+malformed header closes the connection without a word; a peer that
+`proxy-from` does not name is closed before its header is read; a
+connection reset before mxd took it closes as client=unknown.
 
 test_haproxy.py does the same behind a real HAProxy (send-proxy-v2 and
 send-proxy, health checks, STARTTLS); test_farm.py runs two nodes behind it.
 """
 
 import os
+import re
+import signal
 import socket
 import struct
 import time
 import unittest
+import urllib.request
 
 from mxharness import SLOW, MxdTestCase, free_port, split_received
 from test_reload import HOOKS_BIN, HOOKS_REQUIRED, EnvMxd
@@ -29,9 +33,11 @@ def v2_header(src, sport, dst="127.0.0.1", dport=25):
     return V2_SIGNATURE + bytes([0x21, 0x11]) + struct.pack("!H", len(addrs)) + addrs
 
 
-def exchange(port, data, timeout=10):
-    """Send data in one write, read until the server closes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout * SLOW) as s:
+def exchange(port, data, timeout=10, source="127.0.0.1"):
+    """Send data in one write (from the source address), read until the
+    server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout * SLOW,
+                                  source_address=(source, 0)) as s:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         s.sendall(data)
         out = b""
@@ -46,15 +52,24 @@ def exchange(port, data, timeout=10):
         return out
 
 
+def refused(metrics_port, reason):
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % metrics_port,
+                                timeout=5 * SLOW) as r:
+        text = r.read().decode()
+    m = re.search(r'^mxd_connections_refused_total\{reason="%s"\} (\d+)$' % reason, text, re.M)
+    assert m, "no refusal reason %s on /metrics" % reason
+    return int(m.group(1))
+
+
 class ProxyProtocolTest(MxdTestCase):
 
-    def proxy_mxd(self, extra=()):
+    def proxy_mxd(self, extra=(), v1_opts="", v2_opts="", probe_from="127.0.0.1"):
         p1, p2 = free_port(), free_port()
         d = self.mxd(start=False)
         d.write_config(
             text="\n".join([
-                "listen on 127.0.0.1 port %d proxy-v1" % p1,
-                "listen on 127.0.0.1 port %d proxy-v2" % p2,
+                "listen on 127.0.0.1 port %d proxy-v1%s" % (p1, v1_opts),
+                "listen on 127.0.0.1 port %d proxy-v2%s" % (p2, v2_opts),
                 "table domains { example.com }",
                 "table relays { 192.0.2.0/24 }",
                 "accept from any for domain <domains>",
@@ -70,7 +85,8 @@ class ProxyProtocolTest(MxdTestCase):
         for port in (p1, p2):
             while True:
                 try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    socket.create_connection(("127.0.0.1", port), timeout=1,
+                                             source_address=(probe_from, 0)).close()
                     break
                 except OSError:
                     self.assertLess(time.monotonic(), deadline, d.stderr_text())
@@ -145,6 +161,68 @@ class ProxyProtocolTest(MxdTestCase):
         self.assertTrue(out.startswith(b"220 "), out)
         self.assertIn(b"Hello y [192.0.2.50]", out)
         self.assertTrue(out.endswith(b"221 2.0.0 Bye\r\n"), out)
+        self.stop_ok(d)
+
+    def test_proxy_from_names_who_may_send_headers(self):
+        """proxy-from: a peer in the list is believed; any other is closed
+        before a byte is read, logged with the listener, and counted."""
+        mport = free_port()
+        d, p1, p2 = self.proxy_mxd(
+            extra=["metrics listen on 127.0.0.1 port %d" % mport],
+            v1_opts=" proxy-from any", v2_opts=" proxy-from { 127.0.0.2 }",
+            probe_from="127.0.0.2")
+        log = d.stderr_text()
+        self.assertIn("listen on 127.0.0.1 port %d: PROXY headers believed from (127.0.0.2)"
+                      % p2, log)
+        self.assertRegex(log, r"warn: listen on 127\.0\.0\.1 port %d: PROXY headers believed "
+                              r"from any peer" % p1)
+        before = refused(mport, "proxy_not_allowed")
+        body = b"Subject: proxy-from\r\n\r\nhello\r\n"
+        # the allowed balancer: its header's client may relay
+        out = exchange(p2, self.session(v2_header("192.0.2.9", 40000), "x@foreign.example",
+                                        body), source="127.0.0.2")
+        self.assertIn(b"[192.0.2.9]", out)
+        self.assertIn(b"250 2.0.0 Ok: queued as ", out, out)
+        # any other peer, even on the loopback, gets nothing: not a greeting,
+        # not its header believed
+        out = exchange(p2, self.session(v2_header("192.0.2.9", 40001), "x@foreign.example",
+                                        body), source="127.0.0.3")
+        self.assertEqual(out, b"")
+        self.assertEqual(refused(mport, "proxy_not_allowed"), before + 1)
+        # proxy-from any: the same peer is believed on the other listener
+        out = exchange(p1, self.session(v1_header("192.0.2.10", 40002), "x@foreign.example",
+                                        body), source="127.0.0.3")
+        self.assertIn(b"250 2.0.0 Ok: queued as ", out, out)
+        self.assertEqual(refused(mport, "proxy_not_allowed"), before + 1)
+        self.stop_ok(d)
+        log = d.stderr_text()
+        self.assertRegex(log, r"session=\w+ client=127\.0\.0\.3 PROXY header not allowed from "
+                              r"this peer on listener 127\.0\.0\.1:%d \(proxy-from\)" % p2)
+        self.assertRegex(log, r"close client=127\.0\.0\.3 reason=proxy not allowed")
+        self.assertIn("open client=192.0.2.9 port=40000", log)
+        self.assertIn("open client=192.0.2.10 port=40002", log)
+        self.assertNotIn("port=40001", log)
+        self.assertEqual(len(d.spool_ids()), 2)
+
+    def test_proxy_from_defaults_to_the_loopback_and_reloads(self):
+        """No proxy-from: loopback peers only (every test above connects
+        from 127.0.0.1). A reload to a list applies to new connections."""
+        d, p1, p2 = self.proxy_mxd()
+        self.assertIn("listen on 127.0.0.1 port %d: PROXY headers believed from the loopback "
+                      "only" % p2, d.stderr_text())
+        hdr = v2_header("192.0.2.20", 1)
+        self.assertIn(b"221 ", exchange(p2, hdr + b"QUIT\r\n", source="127.0.0.3"))
+        text = open(d.config_path).read().replace(
+            "port %d proxy-v2" % p2, "port %d proxy-v2 proxy-from { 127.0.0.4/32 }" % p2)
+        d.write_config(text=text)
+        d.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10 * SLOW
+        while "config generation 2 in use" not in d.stderr_text():
+            self.assertLess(time.monotonic(), deadline, d.stderr_text())
+            time.sleep(0.05)
+        self.assertIn("PROXY headers believed from (127.0.0.4/32)", d.stderr_text())
+        self.assertEqual(exchange(p2, hdr + b"QUIT\r\n", source="127.0.0.3"), b"")
+        self.assertIn(b"221 ", exchange(p2, hdr + b"QUIT\r\n", source="127.0.0.4"))
         self.stop_ok(d)
 
     def test_reset_before_accept_names_a_client(self):

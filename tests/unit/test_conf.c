@@ -568,6 +568,100 @@ static void test_listen_proxy(void)
 		  "mxd.conf:1:29: unknown listen option \"proxy\"\n");
 }
 
+/* proxy-from: whose PROXY header a proxy listener believes. */
+static void test_listen_proxy_from(void)
+{
+	struct conf *c = PARSE_OK(
+		"pki p cert \"c\" key \"k\"\n"
+		"table lbs { 10.0.0.0/8, 192.0.2.7 }\n"
+		"listen on 127.0.0.1 port 2525 proxy-v2\n"
+		"listen on 127.0.0.1 port 2526 proxy-v2 proxy-from any\n"
+		"listen on 127.0.0.1 port 2527 proxy-from local proxy-v1\n"
+		"listen on 127.0.0.1 port 2528 proxy-v2 proxy-from <lbs>\n"
+		"listen on 127.0.0.1 port 2529 proxy-v2 proxy-from { 198.51.100.0/24,\n"
+		"                                                  2001:db8::1 } tls pki p\n"
+		"listen on 127.0.0.1 port 2530 proxy-v1 proxy-from 203.0.113.9\n");
+	CHECK(c && c->nlisteners == 6);
+	if (c && c->nlisteners == 6) {
+		const struct conf_listener *l = c->listeners;
+		CHECK(l[0].proxy_from == CONF_PROXY_FROM_LOCAL && !l[0].proxy_from_table);
+		CHECK(l[1].proxy_from == CONF_PROXY_FROM_ANY && !l[1].proxy_from_table);
+		CHECK(l[2].proxy_from == CONF_PROXY_FROM_LOCAL);
+		CHECK(l[3].proxy_from == CONF_PROXY_FROM_TABLE);
+		CHECK(l[3].proxy_from_table && strcmp(l[3].proxy_from_table, "lbs") == 0);
+		/* a literal list is a table of the config's own, named where it is */
+		CHECK(l[4].proxy_from == CONF_PROXY_FROM_TABLE);
+		CHECK(l[4].proxy_from_table &&
+		      strcmp(l[4].proxy_from_table, "proxy-from:7:51") == 0);
+		const struct conf_table *t = conf_table_find(c, "proxy-from:7:51");
+		CHECK(t && t->n == 2 && strcmp(t->keys[1], "2001:db8::1") == 0);
+		CHECK(l[4].flags == (CONF_LISTEN_PROXY_V2 | CONF_LISTEN_TLS));
+		t = l[5].proxy_from_table ? conf_table_find(c, l[5].proxy_from_table) : NULL;
+		CHECK(t && t->n == 1 && strcmp(t->keys[0], "203.0.113.9") == 0);
+
+		/* the start-up log's words */
+		struct buf d;
+		buf_init(&d, 0);
+		const char *want[6] = {
+			"the loopback only (127.0.0.0/8, ::1)",
+			"any peer (proxy-from any)",
+			"the loopback only (127.0.0.0/8, ::1)",
+			"<lbs> (10.0.0.0/8, 192.0.2.7)",
+			"(198.51.100.0/24, 2001:db8::1)",
+			"(203.0.113.9)",
+		};
+		for (int i = 0; i < 6; i++) {
+			buf_reset(&d);
+			conf_proxy_from_describe(c, &l[i], &d);
+			buf_append(&d, "", 1);
+			if (strcmp(d.data, want[i]) != 0)
+				fprintf(stderr, "test_conf.c: listener %d: %s\n", i, d.data);
+			CHECK(strcmp(d.data, want[i]) == 0);
+		}
+		buf_free(&d);
+	}
+	conf_free(c);
+
+	/* more than eight entries: the log line says how many it left out */
+	c = PARSE_OK("listen on 127.0.0.1 proxy-v2 proxy-from { 192.0.2.1 192.0.2.2 192.0.2.3\n"
+		     "  192.0.2.4 192.0.2.5 192.0.2.6 192.0.2.7 192.0.2.8 192.0.2.9 192.0.2.10 }\n");
+	if (c && c->nlisteners == 1) {
+		struct buf d;
+		buf_init(&d, 0);
+		conf_proxy_from_describe(c, &c->listeners[0], &d);
+		buf_append(&d, "", 1);
+		CHECK(strstr(d.data, "192.0.2.8) ") == NULL);
+		CHECK(strstr(d.data, ", 192.0.2.8 and 2 more)") != NULL);
+		buf_free(&d);
+	}
+	conf_free(c);
+
+	PARSE_ERR("listen on 127.0.0.1 port 25 proxy-from any\n",
+		  "mxd.conf:1:29: \"proxy-from\" needs proxy-v1 or proxy-v2\n");
+	PARSE_ERR("listen on 127.0.0.1 port 25 proxy-v2 proxy-from any proxy-from local\n",
+		  "mxd.conf:1:53: duplicate option \"proxy-from\"\n");
+	PARSE_ERR("listen on 127.0.0.1 port 25 proxy-v2 proxy-from\n",
+		  "mxd.conf:1:48: expected any, local, <table>, an address or { list } after "
+		  "\"proxy-from\"\n");
+	PARSE_ERR("listen on 127.0.0.1 port 25 proxy-v2 proxy-from <lbs>\n",
+		  "mxd.conf:1:49: unknown table \"lbs\"\n");
+	PARSE_ERR("listen on 127.0.0.1 port 25 proxy-v2 proxy-from lb.example.com\n",
+		  "mxd.conf:1:49: invalid address or CIDR \"lb.example.com\" after "
+		  "\"proxy-from\"\n");
+	PARSE_ERR("listen on 127.0.0.1 port 25 proxy-v2 proxy-from { 10.0.0.1,\n"
+		  "    10.0.0.300 }\n",
+		  "mxd.conf:2:5: table \"proxy-from:1:49\": invalid address or CIDR "
+		  "\"10.0.0.300\"\n");
+	PARSE_ERR("listen on 127.0.0.1 port 25 proxy-v2 proxy-from { }\n",
+		  "mxd.conf:1:49: empty list: no peer could send a PROXY header\n");
+	PARSE_ERR("listen on 127.0.0.1 port 25 proxy-v2 proxy-from { 10.0.0.1\n",
+		  "mxd.conf:1:49: missing \"}\" for this \"{\"\n");
+	/* a table of names is no table of peers: the error is at its entry */
+	PARSE_ERR("table doms { example.com }\n"
+		  "listen on 127.0.0.1 port 25 proxy-v2 proxy-from <doms>\n",
+		  "mxd.conf:1:14: table \"doms\": invalid address or CIDR \"example.com\"\n");
+}
+
 static void test_control(void)
 {
 	struct conf *c = PARSE_OK("\n");
@@ -1084,6 +1178,7 @@ int main(void)
 	test_ktls();
 	test_abuse_settings();
 	test_listen_proxy();
+	test_listen_proxy_from();
 	test_metrics();
 	test_control();
 	test_lexer();

@@ -308,6 +308,65 @@ static void test_bad_cidr(void)
 		  "mxd.conf:1:11: table \"d\": invalid address or CIDR \"example.com\"\n");
 }
 
+static bool proxy_ok(const struct policy *p, const struct conf_listener *l, const char *addr)
+{
+	struct smtp_peer pr = peer(addr);
+	return policy_proxy_peer_allowed(p, l, &pr.addr);
+}
+
+/* proxy-from: whose PROXY header each listener believes. */
+static void test_proxy_from(void)
+{
+	struct conf *c;
+	struct policy *p = BUILD_OK("table lbs { 10.1.0.0/16, 2001:db8::7 }\n"
+				    "listen on 127.0.0.1 port 2525 proxy-v2\n"
+				    "listen on 127.0.0.1 port 2526 proxy-v2 proxy-from any\n"
+				    "listen on 127.0.0.1 port 2527 proxy-v2 proxy-from <lbs>\n"
+				    "listen on 127.0.0.1 port 2528 proxy-v1 proxy-from { 127.0.0.2 }\n",
+				    &c);
+	if (p && c->nlisteners == 4) {
+		const struct conf_listener *l = c->listeners;
+		/* default: the loopback only */
+		CHECK(proxy_ok(p, &l[0], "127.0.0.1"));
+		CHECK(proxy_ok(p, &l[0], "127.200.0.3"));
+		CHECK(proxy_ok(p, &l[0], "::1"));
+		CHECK(proxy_ok(p, &l[0], "::ffff:127.0.0.1"));
+		CHECK(!proxy_ok(p, &l[0], "10.1.2.3"));
+		CHECK(!proxy_ok(p, &l[0], "::2"));
+		/* any */
+		CHECK(proxy_ok(p, &l[1], "198.51.100.1"));
+		CHECK(proxy_ok(p, &l[1], "2001:db8::1"));
+		/* a table: its networks, nothing else (not even the loopback) */
+		CHECK(proxy_ok(p, &l[2], "10.1.255.255"));
+		CHECK(proxy_ok(p, &l[2], "::ffff:10.1.0.9"));
+		CHECK(proxy_ok(p, &l[2], "2001:db8::7"));
+		CHECK(!proxy_ok(p, &l[2], "10.2.0.1"));
+		CHECK(!proxy_ok(p, &l[2], "2001:db8::8"));
+		CHECK(!proxy_ok(p, &l[2], "127.0.0.1"));
+		/* a literal list: one loopback address and not its neighbour */
+		CHECK(proxy_ok(p, &l[3], "127.0.0.2"));
+		CHECK(!proxy_ok(p, &l[3], "127.0.0.3"));
+		CHECK(!proxy_ok(p, &l[3], "127.0.0.1"));
+	}
+	policy_free(p);
+	conf_free(c);
+
+	/* a config built by other means naming a table that is not there */
+	p = BUILD_OK("listen on 127.0.0.1 port 2525 proxy-v2\n", &c);
+	policy_free(p);
+	if (c && c->nlisteners == 1) {
+		c->listeners[0].proxy_from = CONF_PROXY_FROM_TABLE;
+		c->listeners[0].proxy_from_table = strdup("gone");
+		buf_reset(&errs);
+		p = policy_build(c, &errs);
+		CHECK(p == NULL);
+		buf_append(&errs, "", 1);
+		CHECK(strcmp(errs.data, "mxd.conf:1:1: unknown table \"gone\"\n") == 0);
+		policy_free(p);
+	}
+	conf_free(c);
+}
+
 static void test_domains(void)
 {
 	struct conf *c;
@@ -497,6 +556,7 @@ int main(void)
 	test_cidr_v4();
 	test_cidr_v6();
 	test_bad_cidr();
+	test_proxy_from();
 	test_domains();
 	test_recipients();
 	test_empty_and_hand_built();
