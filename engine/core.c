@@ -106,6 +106,7 @@ int core_prepare(struct core *core, unsigned index, int cpu, struct core_mail *m
 	memset(core, 0, sizeof *core);
 	core->index = index;
 	core->cpu = cpu;
+	core->wake_fd = -1; /* core_discard after a failure here closes no fd 0 */
 	atomic_init(&core->mailbox, NULL);
 	atomic_init(&core->spool_hold_req, 0);
 	atomic_init(&core->spool_hold_ack, 0);
@@ -615,7 +616,8 @@ static void release_views(struct core *core)
 		free(v);
 	}
 	core_mail_free(atomic_exchange(&core->mailbox, NULL));
-	snapshot_release(core->view->snap);
+	if (core->view) /* NULL when core_prepare failed early */
+		snapshot_release(core->view->snap);
 	free(core->view);
 	core->view = NULL;
 	struct core_listener *lists[2] = {core->listeners, core->retired};
@@ -629,9 +631,19 @@ static void release_views(struct core *core)
 		}
 	}
 	core->listeners = core->retired = NULL;
-	munmap(core->rx_ring, core->rx_count * sizeof(struct io_uring_buf));
+	if (core->rx_ring) /* set up by the core's thread */
+		munmap(core->rx_ring, core->rx_count * sizeof(struct io_uring_buf));
 	free(core->rx_mem);
-	close(core->wake_fd);
+	if (core->wake_fd >= 0)
+		close(core->wake_fd);
+	core->wake_fd = -1;
+}
+
+void core_discard(struct core *core)
+{
+	if (core->spool.core) /* spool_writer_open got as far as its first line */
+		spool_writer_close(&core->spool);
+	release_views(core);
 }
 
 static void *core_main(void *arg)

@@ -168,6 +168,10 @@ extern struct daemon g_daemon;
 int core_prepare(struct core *core, unsigned index, int cpu, struct core_mail *mail,
 		 uint64_t spool_next_seq);
 int core_start(struct core *core);
+/* Main thread, start-up failed: give back what core_prepare took (all of
+ * it or, after a failed core_prepare, the part it got) from a core whose
+ * thread never started. */
+void core_discard(struct core *core);
 /* Main thread: wait until every core accepts (true) or timeout_ms passed. */
 bool core_wait_ready(struct core *cores, unsigned n, unsigned timeout_ms);
 

@@ -1,5 +1,6 @@
 /* mxd: start-up, the main thread's event loop, and shutdown. The main
  * thread owns the config and the signals; the cores do all the work. */
+#include <assert.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -402,11 +403,13 @@ static enum loop_next read_signals(int sfd, struct snapshot **current)
 	}
 }
 
-/* Tells every core to drain and waits for them; their exit status. */
-static int drain_cores(void)
+/* Tells the first n cores (those whose threads run) to drain and waits
+ * for them; their exit status. */
+static int drain_cores(unsigned n)
 {
+	assert(n <= g_daemon.ncores);
 	atomic_store(&g_daemon.draining, true);
-	for (unsigned i = 0; i < g_daemon.ncores; i++)
+	for (unsigned i = 0; i < n; i++)
 		core_wake(&g_daemon.cores[i]);
 	/* the cores close their own descriptors: with these gone the
 	 * sockets close (or, after an upgrade, live on in the new process) */
@@ -414,7 +417,7 @@ static int drain_cores(void)
 	if (upgrade_handed_over())
 		metrics_server_stop(); /* scrapes go to the new process */
 	int status = 0;
-	for (unsigned i = 0; i < g_daemon.ncores; i++) {
+	for (unsigned i = 0; i < n; i++) {
 		pthread_join(g_daemon.cores[i].thread, NULL);
 		status |= g_daemon.cores[i].exit_status;
 	}
@@ -428,7 +431,7 @@ static int main_loop(struct snapshot **current)
 	int sfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
 	if (sfd < 0) {
 		log_error("signalfd: %s", strerror(errno));
-		return drain_cores() | 1;
+		return drain_cores(g_daemon.ncores) | 1;
 	}
 	enum loop_next next = LOOP_CONTINUE;
 	while (next == LOOP_CONTINUE) {
@@ -454,7 +457,7 @@ static int main_loop(struct snapshot **current)
 	}
 	close(sfd);
 	control_close(); /* nobody serves it while the cores drain */
-	return drain_cores();
+	return drain_cores(g_daemon.ncores);
 }
 
 /* ---- what the control socket asks of the daemon ---- */
@@ -485,6 +488,117 @@ static void block_signals(void)
 	signal(SIGPIPE, SIG_IGN);
 }
 
+/* What start-up has taken so far, so that every way out of main() gives
+ * it back through one path, start_undo(). */
+struct start {
+	struct snapshot *snap;    /* the config; a reload replaces it */
+	uint64_t *next_seq;       /* per core: the spool segment to open */
+	unsigned prepared;        /* cores through core_prepare, even a failed one */
+	unsigned started;         /* of those, cores whose thread runs */
+	bool metrics, control;
+};
+
+static void start_undo(struct start *st)
+{
+	if (st->control)
+		control_close();
+	if (st->started)
+		drain_cores(st->started); /* they free their own parts */
+	else
+		listener_set_close(&g_listeners);
+	for (unsigned i = st->started; i < st->prepared; i++)
+		core_discard(&g_daemon.cores[i]);
+	if (st->metrics)
+		metrics_server_stop();
+	free(g_daemon.cores);
+	g_daemon.cores = NULL;
+	g_daemon.ncores = 0;
+	free(st->next_seq);
+	snapshot_release(st->snap);
+	memset(st, 0, sizeof *st);
+}
+
+/* Everything between the config and the main loop; -1 (after logging
+ * why) leaves what it took in st for start_undo(). */
+static int start(struct start *st, const struct options *opt, char **argv)
+{
+	const struct conf *c = st->snap->conf;
+	block_signals();
+	upgrade_setup(argv, &g_listeners, &st->snap);
+	if (upgrade_inherit() < 0)
+		return -1;
+
+	static int cpus[MAX_CORES];
+	unsigned ncpus = available_cpus(cpus, MAX_CORES);
+	unsigned ncores = c->cores ? c->cores : ncpus;
+	if (ncores > MAX_CORES)
+		ncores = MAX_CORES;
+	g_daemon.config_path = opt->config_path;
+	atomic_init(&g_daemon.draining, false);
+	atomic_init(&g_daemon.paused, false);
+
+	st->next_seq = calloc(ncores, sizeof *st->next_seq);
+	g_daemon.cores = calloc(ncores, sizeof *g_daemon.cores);
+	if (!st->next_seq || !g_daemon.cores) {
+		log_error("out of memory");
+		return -1;
+	}
+	g_daemon.ncores = ncores;
+	if (recover_spool(c->spool_dir, ncores, st->next_seq) < 0)
+		return -1;
+	size_t ninherited;
+	int *inherited = upgrade_sockets(UPGRADE_SOCK_LISTENER, &ninherited);
+	if (listener_set_open(&g_listeners, c, ncores, inherited, ninherited) < 0)
+		return -1;
+	for (unsigned i = 0; i < ncores; i++) {
+		int cpu = ncores <= ncpus ? cpus[i] : -1;
+		struct core_mail *mail = listener_set_mail(&g_listeners, i, st->snap);
+		if (!mail)
+			return -1;
+		st->prepared++; /* from here the core holds parts, even if it fails */
+		if (core_prepare(&g_daemon.cores[i], i, cpu, mail, st->next_seq[i]) < 0)
+			return -1;
+	}
+	/* before the cores run, so a metrics port in use stops start-up
+	 * with nothing accepted yet */
+	if (c->metrics.addr_text) {
+		if (metrics_server_start(&c->metrics, g_daemon.cores, ncores) < 0) {
+			log_error("%s:%d:%d: metrics listen on %s port %u: cannot listen; mxd not "
+				  "started",
+				  c->path, c->metrics.line, c->metrics.col, c->metrics.addr_text,
+				  c->metrics.port);
+			return -1;
+		}
+		st->metrics = true;
+	}
+	struct control_ops ops = { /* control_open keeps a copy */
+		.ctx = &st->snap,
+		.reload = control_reload,
+		.current = control_current,
+		.upgrade = control_upgrade,
+	};
+	st->control = true; /* control_close also frees what a failed open took */
+	if (control_open(&c->control, &ops) < 0)
+		return -1;
+	for (unsigned i = 0; i < ncores; i++) {
+		if (core_start(&g_daemon.cores[i]) < 0)
+			return -1;
+		st->started++;
+	}
+	if (!core_wait_ready(g_daemon.cores, ncores, CORES_READY_TIMEOUT_MS)) {
+		log_error("the cores did not start accepting within %u ms", CORES_READY_TIMEOUT_MS);
+		return -1;
+	}
+	upgrade_ready(); /* after an upgrade: the previous process may drain now */
+	for (size_t i = 0; i < c->nlisteners; i++)
+		log_info("listening on %s port %u", c->listeners[i].addr_text, c->listeners[i].port);
+	log_proxy_peers(c);
+	log_info("mxd started: %u cores, spool %s, max message size %llu", ncores, c->spool_dir,
+		 (unsigned long long)c->max_message_size);
+	log_tls_path(st->snap);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	struct options opt = {0};
@@ -493,85 +607,23 @@ int main(int argc, char **argv)
 	log_thread_init("main", 0);
 	if (opt.verbose)
 		log_set_level(LOG_DEBUG);
-	struct snapshot *snap = load_config(opt.config_path, 1);
-	if (!snap)
+	struct start st = {0};
+	st.snap = load_config(opt.config_path, 1);
+	if (!st.snap)
 		return 1;
+	int status = 1;
 	if (opt.check_only) {
 		printf("%s: configuration OK\n", opt.config_path);
-		snapshot_release(snap);
-		return 0;
-	}
-	const struct conf *c = snap->conf;
-	if (c->nlisteners == 0) {
+		status = 0;
+	} else if (st.snap->conf->nlisteners == 0) {
 		fprintf(stderr, "%s: no listen directive: nothing to serve\n", opt.config_path);
-		return 1;
+	} else if (start(&st, &opt, argv) == 0) {
+		status = main_loop(&st.snap); /* drains and joins every core */
+		st.started = st.prepared = 0;
+		st.control = false;       /* main_loop closed it */
+		log_info("mxd stopped");
 	}
-	block_signals();
-	upgrade_setup(argv, &g_listeners, &snap);
-	if (upgrade_inherit() < 0)
-		return 1;
-
-	static int cpus[MAX_CORES];
-	unsigned ncpus = available_cpus(cpus, MAX_CORES);
-	unsigned ncores = c->cores ? c->cores : ncpus;
-	if (ncores > MAX_CORES)
-		ncores = MAX_CORES;
-	g_daemon.ncores = ncores;
-	g_daemon.config_path = opt.config_path;
-	atomic_init(&g_daemon.draining, false);
-	atomic_init(&g_daemon.paused, false);
-
-	uint64_t *next_seq = calloc(ncores, sizeof *next_seq);
-	g_daemon.cores = calloc(ncores, sizeof *g_daemon.cores);
-	if (!next_seq || !g_daemon.cores) {
-		log_error("out of memory");
-		return 1;
-	}
-	if (recover_spool(c->spool_dir, ncores, next_seq) < 0)
-		return 1;
-	size_t ninherited;
-	int *inherited = upgrade_sockets(UPGRADE_SOCK_LISTENER, &ninherited);
-	if (listener_set_open(&g_listeners, c, ncores, inherited, ninherited) < 0)
-		return 1;
-	for (unsigned i = 0; i < ncores; i++) {
-		int cpu = ncores <= ncpus ? cpus[i] : -1;
-		struct core_mail *mail = listener_set_mail(&g_listeners, i, snap);
-		if (!mail || core_prepare(&g_daemon.cores[i], i, cpu, mail, next_seq[i]) < 0)
-			return 1;
-	}
-	/* before the cores run, so a metrics port in use stops start-up
-	 * with nothing accepted yet */
-	if (c->metrics.addr_text && metrics_server_start(&c->metrics, g_daemon.cores, ncores) < 0)
-		return 1;
-	struct control_ops ops = {
-		.ctx = &snap,
-		.reload = control_reload,
-		.current = control_current,
-		.upgrade = control_upgrade,
-	};
-	if (control_open(&c->control, &ops) < 0) {
-		free(next_seq); /* the rest hangs off g_daemon: no leak report */
-		return 1;
-	}
-	for (unsigned i = 0; i < ncores; i++)
-		if (core_start(&g_daemon.cores[i]) < 0)
-			return 1;
-	if (!core_wait_ready(g_daemon.cores, ncores, CORES_READY_TIMEOUT_MS)) {
-		log_error("the cores did not start accepting within %u ms", CORES_READY_TIMEOUT_MS);
-		return 1;
-	}
-	upgrade_ready(); /* after an upgrade: the previous process may drain now */
-	for (size_t i = 0; i < c->nlisteners; i++)
-		log_info("listening on %s port %u", c->listeners[i].addr_text, c->listeners[i].port);
-	log_proxy_peers(c);
-	log_info("mxd started: %u cores, spool %s, max message size %llu", ncores, c->spool_dir,
-		 (unsigned long long)c->max_message_size);
-	log_tls_path(snap);
-
-	int status = main_loop(&snap);
-	metrics_server_stop();
-	log_info("mxd stopped");
-	snapshot_release(snap);
-	free(next_seq);
+	start_undo(&st);
+	log_flush();
 	return status;
 }

@@ -227,6 +227,45 @@ class MetricsTest(MxdTestCase):
         self.assertEqual(delta("mxd_sessions_closed_total", '{tls_path="none"}'), 2)
         self.stop_ok(d)
 
+    def test_startup_failures_exit_cleanly(self):
+        """Start-up that cannot finish (the metrics port in use, a listen
+        port in use, a control socket that cannot be made) exits 1 with a
+        message naming the config line, and gives back everything it took:
+        against the ASan build, LeakSanitizer finds nothing."""
+        smtp, busy = distinct_ports(2)
+        blocker = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        blocker.bind(("127.0.0.1", busy))
+        blocker.listen(1)
+        self.addCleanup(blocker.close)
+        cases = [
+            ("metrics port in use", smtp, ["metrics listen on 127.0.0.1 port %d" % busy],
+             r"mxd\.conf:\d+:1: metrics listen on 127\.0\.0\.1 port %d: cannot listen; "
+             r"mxd not started" % busy),
+            ("listen port in use", busy, [],
+             r"mxd\.conf:1:1: listen on 127\.0\.0\.1 port %d: Address already in use" % busy),
+            ("control socket", smtp, ['control socket "/nonexistent/mxd.sock"'],
+             r"control socket /nonexistent/mxd\.sock: No such file or directory"),
+        ]
+        for what, port, extra, message in cases:
+            with self.subTest(what):
+                d = self.mxd(name=what.replace(" ", "-"), start=False, port=port, cores=2,
+                             extra=extra)
+                d.start(wait=False)
+                try:
+                    rc = d.proc.wait(30 * SLOW)
+                except subprocess.TimeoutExpired:
+                    self.fail("mxd still running with %s:\n%s" % (what, d.stderr_text()))
+                d.stop()
+                log = d.stderr_text()
+                self.assertEqual(rc, 1, log)
+                self.assertRegex(log, message)
+                self.assertNotIn("mxd started", log)
+                self.assertIsNone(d.sanitizer_report(), "%s:\n%s" % (what, d.sanitizer_report()))
+                if port != busy:
+                    with self.assertRaises(ConnectionRefusedError):
+                        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
     def test_http_details(self):
         self.start()
         r = subprocess.run([CURL, "-s", "-i", "http://127.0.0.1:%d/metrics" % self.mport],
