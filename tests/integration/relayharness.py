@@ -23,7 +23,7 @@ import re
 import smtplib
 import time
 
-from mxharness import CRLF, SLOW, MXSPOOL_BIN, MxdTestCase, mxspool, queued_id
+from mxharness import CRLF, SLOW, MxdTestCase, mxspool, queued_id
 
 
 def traversable(path):

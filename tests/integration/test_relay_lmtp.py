@@ -26,7 +26,7 @@ import subprocess
 import time
 import unittest
 
-from mxharness import CRLF, MXD_BIN, ROOT, SLOW, free_port, mxspool, spool_cat, strip_received
+from mxharness import MXD_BIN, ROOT, SLOW, free_port, mxspool, spool_cat, strip_received
 from relayharness import (Dsn, RelayTestCase, assert_failed_block, make_message, message_id,
                           send, send_many, spool_bytes, spool_files, spool_show, to_lf,
                           wait_until)
