@@ -103,6 +103,10 @@ class RelayCrashTest(RelayTestCase):
         t_end = time.monotonic()
         acked = dict(clients.acked)
         self.assertGreater(len(acked), 50, "too few messages went in to mean anything")
+        # Each kill landed while mail was being delivered, not before.
+        stored_at_kills = [s for _, s in kills]
+        self.assertTrue(stored_at_kills[0] > 0 and stored_at_kills[1] > stored_at_kills[0],
+                        "the store did not grow between the kills: %r" % kills)
 
         def stored_ids():
             ids = {}
