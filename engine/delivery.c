@@ -114,6 +114,8 @@ struct rconn {
 	bool noverify;
 	SSL *ssl;
 	bool handshaking;
+	bool ktls_switching;           /* handshake done: TX to the kernel once wire is sent */
+	bool ktls_tx;                  /* the kernel seals what is sent: out goes as is */
 	struct buf wire;               /* ciphertext to send */
 	uint64_t deadline_ms;          /* 0: none */
 	uint64_t idle_since_ms;
@@ -1063,22 +1065,38 @@ static void conn_arm_recv(struct rconn *c)
 
 static void conn_lost(struct rconn *c, enum relay_abort why);
 
+/* Does the socket get BoringSSL's records (wire) rather than
+ * relay_client's plaintext (out)? Not once the kernel seals them. */
+static bool conn_sends_wire(const struct rconn *c)
+{
+	return c->ssl && !c->ktls_tx;
+}
+
 /* Bytes queued for the socket and not yet sent. */
 static size_t conn_unsent(const struct rconn *c)
 {
-	return c->ssl ? c->wire.len - c->out_sent + c->out.len : c->out.len - c->out_sent;
+	return conn_sends_wire(c) ? c->wire.len - c->out_sent + c->out.len
+				  : c->out.len - c->out_sent;
 }
+
+static void conn_ktls_switch(struct rconn *c);
 
 static void conn_flush_out(struct rconn *c)
 {
 	if (c->lost)
 		return;
-	if (c->ssl && !c->handshaking && relay_tls_write(c->ssl, &c->out, &c->wire) < 0) {
+	if (c->ktls_switching && !c->send_armed && c->wire.len == c->out_sent) {
+		conn_ktls_switch(c); /* the handshake's last flight is out */
+		if (c->lost)
+			return;
+	}
+	if (conn_sends_wire(c) && !c->handshaking && !c->ktls_switching &&
+	    relay_tls_write(c->ssl, &c->out, &c->wire) < 0) {
 		log_warn("delivery: %s: TLS write failed", c->hops[c->hop].text);
 		conn_lost(c, RELAY_ABORT_LOST);
 		return;
 	}
-	struct buf *b = c->ssl ? &c->wire : &c->out;
+	struct buf *b = conn_sends_wire(c) ? &c->wire : &c->out;
 	if (c->send_armed || b->len == c->out_sent)
 		return;
 	struct io_uring_sqe *sqe = core_sqe(c->d->core);
@@ -1413,6 +1431,8 @@ static void conn_tls_fail(struct rconn *c, const char *why)
 	conn_advance(c, RELAY_CLOSED);
 }
 
+static void conn_tls_path_chosen(struct rconn *c, bool ktls, const char *why);
+
 /* Handshake bytes for the wire, then send them. */
 static void conn_tls_step(struct rconn *c)
 {
@@ -1438,10 +1458,61 @@ static void conn_tls_step(struct rconn *c)
 	relay_tls_describe(c->ssl, desc, sizeof desc);
 	log_info("delivery: %s: TLS established %s%s", c->hops[c->hop].text, desc,
 		 c->noverify ? " (not verified: noverify)" : "");
+	if (c->d->core->view->snap->ktls)
+		c->ktls_switching = true; /* once the Finished is sent: conn_flush_out */
+	else
+		conn_tls_path_chosen(c, false, cur_conf(c->d)->ktls == CONF_KTLS_OFF
+						       ? "ktls off"
+						       : "no kTLS in this kernel");
 	if (c->hops[c->hop].tls == RELAY_TLS_STARTTLS)
 		conn_advance(c, relay_client_tls_done(&c->rc, &c->out));
 	else
 		conn_flush_out(c);
+}
+
+/* Which record path this connection's TLS took, once: the log and the
+ * metrics, as the inbound side's tls_path=. */
+static void conn_tls_path_chosen(struct rconn *c, bool ktls, const char *why)
+{
+	METRICS_INC(c->d->core->metrics.relay_tls_path[ktls ? 1 : 0]);
+	if (ktls)
+		log_info("delivery: %s: tls_path=ktls (TX sealed by the kernel, RX in BoringSSL)",
+			 c->hops[c->hop].text);
+	else
+		log_info("delivery: %s: tls_path=userspace (%s)", c->hops[c->hop].text, why);
+}
+
+/* Hand TX to the kernel (docs/relay.md, "Outbound TLS"); a session that
+ * cannot go stays on userspace TLS. */
+static void conn_ktls_switch(struct rconn *c)
+{
+	assert(c->ssl && !c->handshaking && !c->send_armed && c->wire.len == c->out_sent);
+	c->ktls_switching = false;
+	char why[200];
+	int rc = relay_tls_ktls_tx(c->ssl, c->fd, why, sizeof why);
+	if (rc < 0) {
+		log_warn("delivery: %s: %s; closing", c->hops[c->hop].text, why);
+		conn_lost(c, RELAY_ABORT_LOST);
+		return;
+	}
+	c->ktls_tx = rc == 1;
+	buf_reset(&c->wire);
+	c->out_sent = 0; /* of out from now on, when ktls_tx */
+	conn_tls_path_chosen(c, c->ktls_tx, why);
+}
+
+/* With TX in the kernel, BoringSSL must not write: if it wants to (the
+ * answer to a KeyUpdate with update_requested, an alert), the stream
+ * cannot follow. Close; the recipients in flight are deferred. */
+static bool conn_ktls_tx_stuck(struct rconn *c)
+{
+	if (!c->ktls_tx || !relay_tls_wrote_after_handshake(c->ssl))
+		return false;
+	log_warn("delivery: %s: BoringSSL has TLS to send (a KeyUpdate answer or an alert) while "
+		 "the kernel holds the write keys: closing",
+		 c->hops[c->hop].text);
+	conn_lost(c, RELAY_ABORT_LOST);
+	return true;
 }
 
 static void conn_tls_begin(struct rconn *c)
@@ -1487,10 +1558,12 @@ static bool conn_tls_input(struct rconn *c, int res, enum relay_status *st)
 			conn_lost(c, RELAY_ABORT_LOST);
 			return false;
 		}
+		if (conn_ktls_tx_stuck(c))
+			return false; /* what follows a KeyUpdate must not be answered */
 		size_t consumed = 0;
 		*st = relay_client_feed(&c->rc, plain, (size_t)n, &consumed, &c->out);
 	}
-	return true;
+	return !conn_ktls_tx_stuck(c);
 }
 
 static void on_recv(struct core_op *op, int res, unsigned flags)
@@ -1540,7 +1613,7 @@ static void on_send(struct core_op *op, int res, unsigned flags)
 		return;
 	}
 	c->out_sent += (size_t)res;
-	struct buf *b = c->ssl ? &c->wire : &c->out;
+	struct buf *b = conn_sends_wire(c) ? &c->wire : &c->out;
 	if (c->out_sent == b->len) {
 		buf_reset(b);
 		c->out_sent = 0;

@@ -268,8 +268,8 @@ bool ktls_cipher_supported(const SSL *ssl)
 	return c && key_len_for(SSL_CIPHER_get_cipher_nid(c)) != 0;
 }
 
-static int derive13(SSL *ssl, const SSL_CIPHER *c, size_t keylen, struct dir_keys *tx,
-		    struct dir_keys *rx, char *err, size_t err_len)
+static int derive13(SSL *ssl, const SSL_CIPHER *c, size_t keylen, struct dir_keys *srv,
+		    struct dir_keys *cli, char *err, size_t err_len)
 {
 	const EVP_MD *md = EVP_get_digestbynid(SSL_CIPHER_get_prf_nid(c));
 	struct ktls_secrets *ks = secrets_index >= 0 ? SSL_get_ex_data(ssl, secrets_index) : NULL;
@@ -283,17 +283,17 @@ static int derive13(SSL *ssl, const SSL_CIPHER *c, size_t keylen, struct dir_key
 			 "TLS 1.3 traffic secrets not captured (keylog hook not installed?)");
 		return -1;
 	}
-	if (ktls_hkdf_expand_label(md, ks->server, slen, "key", tx->key, keylen) < 0 ||
-	    ktls_hkdf_expand_label(md, ks->server, slen, "iv", tx->iv, KTLS_IV_LEN) < 0 ||
-	    ktls_hkdf_expand_label(md, ks->client, slen, "key", rx->key, keylen) < 0 ||
-	    ktls_hkdf_expand_label(md, ks->client, slen, "iv", rx->iv, KTLS_IV_LEN) < 0) {
+	if (ktls_hkdf_expand_label(md, ks->server, slen, "key", srv->key, keylen) < 0 ||
+	    ktls_hkdf_expand_label(md, ks->server, slen, "iv", srv->iv, KTLS_IV_LEN) < 0 ||
+	    ktls_hkdf_expand_label(md, ks->client, slen, "key", cli->key, keylen) < 0 ||
+	    ktls_hkdf_expand_label(md, ks->client, slen, "iv", cli->iv, KTLS_IV_LEN) < 0) {
 		snprintf(err, err_len, "HKDF-Expand-Label failed");
 		return -1;
 	}
 	return 0;
 }
 
-static int derive12(SSL *ssl, int nid, size_t keylen, struct dir_keys *tx, struct dir_keys *rx,
+static int derive12(SSL *ssl, int nid, size_t keylen, struct dir_keys *srv, struct dir_keys *cli,
 		    char *err, size_t err_len)
 {
 	size_t fixed = nid == NID_chacha20_poly1305 ? 12 : 4;
@@ -309,11 +309,11 @@ static int derive12(SSL *ssl, int nid, size_t keylen, struct dir_keys *tx, struc
 		snprintf(err, err_len, "SSL_generate_key_block failed");
 		return -1;
 	}
-	/* The server writes with the server's key, reads with the client's. */
-	memcpy(rx->key, block, keylen);
-	memcpy(tx->key, block + keylen, keylen);
-	memcpy(rx->iv, block + 2 * keylen, fixed);
-	memcpy(tx->iv, block + 2 * keylen + fixed, fixed);
+	/* client_write_* first, then server_write_* */
+	memcpy(cli->key, block, keylen);
+	memcpy(srv->key, block + keylen, keylen);
+	memcpy(cli->iv, block + 2 * keylen, fixed);
+	memcpy(srv->iv, block + 2 * keylen + fixed, fixed);
 	OPENSSL_cleanse(block, sizeof block);
 	return 0;
 }
@@ -342,8 +342,12 @@ int ktls_derive(SSL *ssl, struct ktls_crypto *tx, struct ktls_crypto *rx, char *
 	struct dir_keys ktx, krx;
 	memset(&ktx, 0, sizeof ktx);
 	memset(&krx, 0, sizeof krx);
-	int rc = version == TLS_1_3_VERSION ? derive13(ssl, c, keylen, &ktx, &krx, err, err_len)
-					    : derive12(ssl, nid, keylen, &ktx, &krx, err, err_len);
+	/* derive13/derive12 fill the server's direction first: a server
+	 * writes with it, a client (the relay's outbound TLS) reads with it */
+	bool server = SSL_is_server(ssl);
+	struct dir_keys *srv = server ? &ktx : &krx, *cli = server ? &krx : &ktx;
+	int rc = version == TLS_1_3_VERSION ? derive13(ssl, c, keylen, srv, cli, err, err_len)
+					    : derive12(ssl, nid, keylen, srv, cli, err, err_len);
 	if (rc == 0) {
 		ktx.seq = SSL_get_write_sequence(ssl);
 		krx.seq = SSL_get_read_sequence(ssl);
@@ -356,6 +360,17 @@ int ktls_derive(SSL *ssl, struct ktls_crypto *tx, struct ktls_crypto *rx, char *
 }
 
 /* -------------------------------------------------------------- kernel */
+
+int ktls_install_tx(int fd, const struct ktls_crypto *tx)
+{
+	if (fd < 0 || !tx || tx->len == 0)
+		return -EINVAL;
+	if (setsockopt(fd, SOL_TCP, TCP_ULP, "tls", sizeof "tls") < 0)
+		return -errno;
+	if (setsockopt(fd, SOL_TLS, TLS_TX, tx->bytes, (socklen_t)tx->len) < 0)
+		return -errno;
+	return 0;
+}
 
 int ktls_install(int fd, const struct ktls_crypto *tx, const struct ktls_crypto *rx)
 {

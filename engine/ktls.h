@@ -34,12 +34,18 @@ void ktls_enable_keylog(SSL_CTX *ctx);
 bool ktls_cipher_supported(const SSL *ssl);
 
 /* Build TX and RX crypto_info for ssl, using the current read/write
- * sequence numbers. Call only when no userspace record is pending in
- * either direction. Returns 0 or -1 (why in err). */
+ * sequence numbers: the keys this end writes with (TX) and reads with
+ * (RX), for a server session (inbound) or a client one (relay_tls.c).
+ * Call only when no userspace record is pending in the direction(s)
+ * installed. Returns 0 or -1 (why in err). */
 int ktls_derive(SSL *ssl, struct ktls_crypto *tx, struct ktls_crypto *rx, char *err, size_t err_len);
 
 /* setsockopt TCP_ULP "tls", then TLS_TX and TLS_RX. -errno on failure. */
 int ktls_install(int fd, const struct ktls_crypto *tx, const struct ktls_crypto *rx);
+
+/* setsockopt TCP_ULP "tls", then TLS_TX alone: the kernel seals what is
+ * written, received records stay with BoringSSL. -errno on failure. */
+int ktls_install_tx(int fd, const struct ktls_crypto *tx);
 
 /* Pure helpers, exposed for unit tests against RFC 8448 vectors. */
 int ktls_hkdf_expand_label(const EVP_MD *md, const uint8_t *secret, size_t secret_len,

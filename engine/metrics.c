@@ -218,6 +218,11 @@ int metrics_render(struct buf *out, const struct core *cores, unsigned n)
 	       "Outbound connections to next hops established.");
 	buf_printf(out, "mxd_relay_connections_total %llu\n",
 		   (unsigned long long)SUM(relay_connections));
+	header(out, "mxd_relay_tls_connections_total", "counter",
+	       "Outbound TLS connections, by the path their records took (ktls: TX in the kernel).");
+	for (unsigned i = 0; i < 2; i++)
+		buf_printf(out, "mxd_relay_tls_connections_total{tls_path=\"%s\"} %llu\n",
+			   path[i + 1], (unsigned long long)SUM(relay_tls_path[i]));
 	header(out, "mxd_relay_queue_recipients", "gauge",
 	       "Recipients in the spool not yet finished (queued, deferred, held).");
 	buf_printf(out, "mxd_relay_queue_recipients %llu\n", (unsigned long long)SUM(relay_queue));

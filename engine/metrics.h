@@ -69,6 +69,7 @@ struct core_metrics {
 	/* delivery (delivery.c) */
 	uint64_t relay_outcomes[4];           /* delivered, deferred, failed, expired */
 	uint64_t relay_connections;           /* outbound connections established */
+	uint64_t relay_tls_path[2];           /* outbound TLS: userspace, ktls (TX) */
 	uint64_t relay_queue;                 /* gauge: unfinished recipients */
 	uint64_t relay_dsns;                  /* DSNs spooled */
 	uint64_t relay_reclaimed;             /* segments removed, all finished */

@@ -1,13 +1,45 @@
 /* relay_tls: TLS to next hops, see relay_tls.h. */
 #include "relay_tls.h"
 
+#include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <openssl/err.h>
 #include <openssl/x509.h>
 
+#include "ktls.h"
 #include "tls.h"
+
+#define TLS_CONTENT_ALERT 21
+#define TLS_CONTENT_HANDSHAKE 22
+#define TLS_HANDSHAKE_KEY_UPDATE 24
+
+/* ex_data slot: non-NULL once BoringSSL wrote an alert or a KeyUpdate */
+static int wrote_index = -1;
+static pthread_once_t wrote_once = PTHREAD_ONCE_INIT;
+
+static void wrote_init(void)
+{
+	wrote_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+}
+
+/* A client's writes after its Finished can only be these two; during
+ * the handshake it writes neither unless the handshake fails. */
+static void watch_writes(int write_p, int version, int content_type, const void *buf, size_t len,
+			 SSL *ssl, void *arg)
+{
+	(void)version;
+	(void)arg;
+	if (!write_p)
+		return;
+	bool key_update = content_type == TLS_CONTENT_HANDSHAKE && len > 0 &&
+			  ((const unsigned char *)buf)[0] == TLS_HANDSHAKE_KEY_UPDATE;
+	if (content_type == TLS_CONTENT_ALERT || key_update)
+		SSL_set_ex_data(ssl, wrote_index, (void *)(uintptr_t)1);
+}
 
 SSL_CTX *relay_tls_ctx_new(const char *ca_file, bool verify, char *why, size_t why_len)
 {
@@ -17,6 +49,7 @@ SSL_CTX *relay_tls_ctx_new(const char *ca_file, bool verify, char *why, size_t w
 		return NULL;
 	}
 	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+	ktls_enable_keylog(ctx); /* TLS 1.3 traffic secrets for relay_tls_ktls_tx */
 	if (verify) {
 		const char *file = ca_file ? ca_file : RELAY_TLS_SYSTEM_CA;
 		if (!SSL_CTX_load_verify_locations(ctx, file, NULL)) {
@@ -33,6 +66,28 @@ SSL_CTX *relay_tls_ctx_new(const char *ca_file, bool verify, char *why, size_t w
 	return ctx;
 }
 
+#ifdef MXD_TEST_HOOKS
+/* The kTLS VM test's TLS 1.2 relay cases (tests/vm/README): with
+ * MXD_RELAY_TLS12="PORT=CIPHER,..." a next hop on PORT is spoken to in
+ * TLS 1.2 with that cipher only. */
+static void maybe_pin_tls12(SSL *ssl, const struct relay_url *u)
+{
+	const char *spec = getenv("MXD_RELAY_TLS12");
+	char item[128];
+	while (spec && *spec) {
+		size_t n = strcspn(spec, ",");
+		snprintf(item, sizeof item, "%.*s", (int)n, spec);
+		spec += n + (spec[n] == ',');
+		char *eq = strchr(item, '=');
+		if (!eq || strtoul(item, NULL, 10) != u->port)
+			continue;
+		SSL_set_min_proto_version(ssl, TLS1_2_VERSION);
+		SSL_set_max_proto_version(ssl, TLS1_2_VERSION);
+		SSL_set_strict_cipher_list(ssl, eq + 1);
+	}
+}
+#endif
+
 SSL *relay_tls_new(SSL_CTX *ctx, const struct relay_url *u, bool verify)
 {
 	SSL *ssl = SSL_new(ctx);
@@ -45,6 +100,11 @@ SSL *relay_tls_new(SSL_CTX *ctx, const struct relay_url *u, bool verify)
 	}
 	SSL_set_bio(ssl, rbio, wbio);
 	SSL_set_connect_state(ssl);
+	pthread_once(&wrote_once, wrote_init);
+	SSL_set_msg_callback(ssl, watch_writes);
+#ifdef MXD_TEST_HOOKS
+	maybe_pin_tls12(ssl, u);
+#endif
 	if (verify && !X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), u->host)) {
 		SSL_free(ssl);
 		return NULL;
@@ -107,6 +167,53 @@ int relay_tls_write(SSL *ssl, struct buf *plain, struct buf *wire)
 	if (r > 0)
 		wire->len += (size_t)r;
 	return 0;
+}
+
+bool relay_tls_wrote_after_handshake(SSL *ssl)
+{
+	return SSL_get_ex_data(ssl, wrote_index) != NULL ||
+	       BIO_ctrl_pending(SSL_get_wbio(ssl)) > 0;
+}
+
+#ifdef MXD_TEST_HOOKS
+/* The kTLS VM test's negative control (tests/vm/README): with a wrong
+ * key the next hop must not be able to read a byte. */
+static void maybe_corrupt_key(struct ktls_crypto *tx)
+{
+	if (getenv("MXD_KTLS_CORRUPT_KEYS"))
+		tx->bytes[12] ^= 0x5a; /* the key follows the 4-byte header and the 8-byte iv */
+}
+#endif
+
+int relay_tls_ktls_tx(SSL *ssl, int fd, char *why, size_t why_len)
+{
+	if (SSL_in_init(ssl)) {
+		snprintf(why, why_len, "the handshake is not done");
+		return 0;
+	}
+	if (relay_tls_wrote_after_handshake(ssl)) {
+		snprintf(why, why_len, "BoringSSL wrote after the handshake (alert or KeyUpdate)");
+		return 0;
+	}
+	if (!ktls_cipher_supported(ssl)) {
+		snprintf(why, why_len, "%s with %s cannot go to the kernel", SSL_get_version(ssl),
+			 SSL_CIPHER_standard_name(SSL_get_current_cipher(ssl)));
+		return 0;
+	}
+	struct ktls_crypto tx, rx;
+	if (ktls_derive(ssl, &tx, &rx, why, why_len) < 0)
+		return 0;
+	explicit_bzero(&rx, sizeof rx); /* the next hop's records stay with BoringSSL */
+#ifdef MXD_TEST_HOOKS
+	maybe_corrupt_key(&tx);
+#endif
+	int rc = ktls_install_tx(fd, &tx);
+	explicit_bzero(&tx, sizeof tx);
+	if (rc < 0) {
+		snprintf(why, why_len, "kTLS install failed: %s", strerror(-rc));
+		return -1;
+	}
+	return 1;
 }
 
 void relay_tls_describe(SSL *ssl, char *out, size_t len)

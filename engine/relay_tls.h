@@ -1,8 +1,19 @@
 /* relay_tls: the client side of TLS to a next hop (smtp+tls:// after
  * STARTTLS, smtps:// from the first byte), through BoringSSL with memory
  * BIOs: the delivery connection moves ciphertext between the ring and
- * these calls, as conn_tls.c does for the server side. Records stay in
- * userspace; kTLS for the transmit side is not used yet.
+ * these calls, as conn_tls.c does for the server side.
+ *
+ * kTLS, transmit side only (docs/relay.md, "Outbound TLS"): once the
+ * handshake is done and its last flight is on the wire, the client's
+ * write key, IV and sequence number can go to the kernel (TCP_ULP "tls",
+ * TLS_TX); the connection then writes plaintext and the kernel seals the
+ * records, while the next hop's records are still read by BoringSSL.
+ * From then on BoringSSL must never write again: its keys no longer
+ * match the stream. A client writes after the handshake only an alert
+ * or a KeyUpdate (the answer to a TLS 1.3 KeyUpdate with
+ * update_requested); a message callback notices either, and the caller
+ * closes the connection (its recipients are deferred) instead of
+ * letting the stream go out of step.
  *
  * Verification (docs/relay.md): the certificate chain against `ca` on
  * the rule, else `relay ca`, else the system's trust store
@@ -44,6 +55,18 @@ long relay_tls_read(SSL *ssl, char *out, size_t cap);
 /* Encrypt plain (all of it; plain is emptied), then move every byte
  * BoringSSL has for the wire into wire. -1 on failure. */
 int relay_tls_write(SSL *ssl, struct buf *plain, struct buf *wire);
+
+/* Hand the transmit direction to the kernel on fd. Call with the
+ * handshake done and nothing left in the write BIO. 1: done, the caller
+ * writes plaintext from now on; 0: not possible for this session (why),
+ * it stays on userspace TLS; -1: the kernel refused part-way (why): the
+ * socket can carry neither kind of record, close it. */
+int relay_tls_ktls_tx(SSL *ssl, int fd, char *why, size_t why_len);
+
+/* Has BoringSSL written (or queued) anything since the handshake, an
+ * alert or a KeyUpdate? After relay_tls_ktls_tx that must close the
+ * connection: those bytes cannot be sent. */
+bool relay_tls_wrote_after_handshake(SSL *ssl);
 
 /* "TLSv1.3/TLS_AES_256_GCM_SHA384" for the log. */
 void relay_tls_describe(SSL *ssl, char *out, size_t len);

@@ -38,6 +38,8 @@
 #include "check.h"
 #include "conf.h"
 #include "ktls.h"
+#include "relay_tls.h"
+#include "relay_url.h"
 #include "tls.h"
 
 static char dir[64];      /* scratch directory with the certificates */
@@ -958,6 +960,61 @@ out:
 	SSL_CTX_free(cctx);
 }
 
+/* The client's side (the relay's outbound TLS, relay_tls.c): ktls_derive
+ * on a client session, with ktls.c's own keylog hook as relay_tls.c
+ * installs it, must give as TX exactly what the server's derive gives as
+ * RX (and the reverse), and records sealed with the client's TX must be
+ * read by the server's BoringSSL. */
+static void ktls_client_case(const struct tls_server *t, const char *pki, uint16_t version,
+			     const char *ciphers, uint16_t want_cipher)
+{
+	struct client_opts o = {.version = version, .ciphers = ciphers};
+	SSL_CTX *cctx = client_ctx(&o);
+	ktls_enable_keylog(cctx); /* replaces the test's own hook */
+	struct pair p = {0};
+	bool ok = handshake(&p, cctx, t, pki, false, &o, NULL);
+	CHECK(ok);
+	if (!ok)
+		goto out;
+	SSL_write(p.s, "", 0);
+	char buf[256];
+	for (int i = 0; i < 2; i++) {
+		CHECK(SSL_write(p.s, "220 ready", 9) == 9);
+		CHECK(SSL_write(p.c, "EHLO x", 6) == 6);
+		pump(&p);
+		CHECK(SSL_read(p.c, buf, sizeof buf) == 9);
+		CHECK(SSL_read(p.s, buf, sizeof buf) == 6);
+	}
+	struct ktls_crypto ctx_, crx, stx, srx;
+	char err[256];
+	int rc = ktls_derive(p.c, &ctx_, &crx, err, sizeof err);
+	if (rc != 0)
+		fprintf(stderr, "test_tls: ktls_derive (client): %s\n", err);
+	CHECK(rc == 0);
+	CHECK(ktls_derive(p.s, &stx, &srx, err, sizeof err) == 0);
+	if (rc != 0)
+		goto out;
+	CHECK(ctx_.len == srx.len && memcmp(ctx_.bytes, srx.bytes, ctx_.len) == 0);
+	CHECK(crx.len == stx.len && memcmp(crx.bytes, stx.bytes, crx.len) == 0);
+	struct krec k;
+	CHECK(krec_from(&k, &ctx_));
+	CHECK(k.cipher == want_cipher);
+	CHECK(k.seq == SSL_get_write_sequence(p.c) && k.seq == 2 + (version == TLS1_2_VERSION));
+	uint8_t rec[4096];
+	for (int i = 0; i < 3; i++) {
+		char msg[64];
+		int n = snprintf(msg, sizeof msg, "MAIL FROM:<a@b> sealed by the kernel, record %d", i);
+		size_t len = krec_seal(&k, msg, (size_t)n, rec, sizeof rec);
+		CHECK(len > 0);
+		BIO_write(SSL_get_rbio(p.s), rec, (int)len);
+		int got = SSL_read(p.s, buf, sizeof buf);
+		CHECK(got == n && memcmp(buf, msg, (size_t)n) == 0);
+	}
+out:
+	pair_free(&p);
+	SSL_CTX_free(cctx);
+}
+
 static void test_ktls_memory(void)
 {
 	snprintf(conftext, sizeof conftext, "%s", pki_line("mail.example.com", "mail", "mail"));
@@ -984,6 +1041,15 @@ static void test_ktls_memory(void)
 						 : TLS_CIPHER_CHACHA20_POLY1305;
 	ktls_case(t, "mail.example.com", TLS1_3_VERSION, NULL, want13);
 	ktls_case(t, "ec384", TLS1_3_VERSION, NULL, want13);
+
+	ktls_client_case(t, "mail.example.com", TLS1_2_VERSION, "ECDHE-RSA-AES128-GCM-SHA256",
+			 TLS_CIPHER_AES_GCM_128);
+	ktls_client_case(t, "ec384", TLS1_2_VERSION, "ECDHE-ECDSA-AES256-GCM-SHA384",
+			 TLS_CIPHER_AES_GCM_256);
+	ktls_client_case(t, "ec", TLS1_2_VERSION, "ECDHE-ECDSA-CHACHA20-POLY1305",
+			 TLS_CIPHER_CHACHA20_POLY1305);
+	ktls_client_case(t, "mail.example.com", TLS1_3_VERSION, NULL, want13);
+	ktls_client_case(t, "ec384", TLS1_3_VERSION, NULL, want13);
 
 	/* Without the keylog hook there are no TLS 1.3 secrets: a clear error,
 	 * while TLS 1.2 needs none. */
@@ -1013,6 +1079,88 @@ static void test_ktls_memory(void)
 	CHECK(p.s && ktls_derive(p.s, &tx, &rx, err, sizeof err) < 0);
 	CHECK(!ktls_cipher_supported(NULL));
 	SSL_free(p.s);
+	SSL_CTX_free(cctx);
+	tls_server_free(t);
+}
+
+/* relay_tls's watch: once the kernel holds the client's write keys,
+ * BoringSSL must not write again. A KeyUpdate that asks for nothing leaves
+ * it silent; one with update_requested, or an alert, makes it want to
+ * write, and relay_tls_wrote_after_handshake must say so (the delivery
+ * worker then closes the connection), as must relay_tls_ktls_tx (which
+ * then keeps the session in userspace). */
+static bool relay_pair(struct pair *p, SSL_CTX *cctx, const struct tls_server *t)
+{
+	struct relay_url u;
+	const char *why;
+	size_t off;
+	static const char url[] = "smtps://127.0.0.1:4650";
+	CHECK(relay_url_parse(url, sizeof url - 1, &u, &why, &off) == 0);
+	p->c = relay_tls_new(cctx, &u, false);
+	p->s = tls_server_session(t, "ec", false);
+	CHECK(p->c && p->s);
+	if (!p->c || !p->s)
+		return false;
+	attach_mem_bios(p->s);
+	SSL_set_accept_state(p->s);
+	char e[256];
+	int rc = 0;
+	for (int i = 0; i < 20 && rc != 1; i++) {
+		rc = relay_tls_handshake(p->c, e, sizeof e);
+		pump(p);
+		SSL_do_handshake(p->s);
+		pump(p);
+	}
+	CHECK(rc == 1);
+	return rc == 1;
+}
+
+static void test_relay_tls_watch(void)
+{
+	snprintf(conftext, sizeof conftext, "%s", pki_line("ec", "ec", "ec"));
+	struct tls_server *t = build(conftext, true);
+	char why[256];
+	SSL_CTX *cctx = relay_tls_ctx_new(NULL, false, why, sizeof why);
+	CHECK(t && cctx);
+	if (!t || !cctx)
+		goto out;
+	struct pair p = {0};
+	char buf[64];
+	if (relay_pair(&p, cctx, t)) {
+		CHECK(SSL_version(p.c) == TLS1_3_VERSION);
+		CHECK(!relay_tls_wrote_after_handshake(p.c));
+		CHECK(SSL_write(p.s, "220 a", 5) == 5);
+		pump(&p);
+		CHECK(relay_tls_read(p.c, buf, sizeof buf) == 5); /* the tickets, then data */
+		CHECK(!relay_tls_wrote_after_handshake(p.c));
+		CHECK(SSL_key_update(p.s, SSL_KEY_UPDATE_NOT_REQUESTED) == 1);
+		CHECK(SSL_write(p.s, "250 b", 5) == 5);
+		pump(&p);
+		CHECK(relay_tls_read(p.c, buf, sizeof buf) == 5);
+		CHECK(!relay_tls_wrote_after_handshake(p.c)); /* nothing owed */
+		CHECK(SSL_key_update(p.s, SSL_KEY_UPDATE_REQUESTED) == 1);
+		CHECK(SSL_write(p.s, "250 c", 5) == 5);
+		pump(&p);
+		CHECK(relay_tls_read(p.c, buf, sizeof buf) == 5);
+		CHECK(relay_tls_wrote_after_handshake(p.c)); /* a KeyUpdate is owed */
+		CHECK(relay_tls_ktls_tx(p.c, -1, why, sizeof why) == 0);
+		CHECK(strstr(why, "after the handshake") != NULL);
+	}
+	pair_free(&p);
+	if (relay_pair(&p, cctx, t)) {
+		/* a damaged record: BoringSSL fails the read and writes an alert */
+		CHECK(SSL_write(p.s, "250 d", 5) == 5);
+		uint8_t rec[8192]; /* the tickets and the record, all of it */
+		int n = BIO_read(SSL_get_wbio(p.s), rec, sizeof rec);
+		CHECK(n > 0 && BIO_pending(SSL_get_wbio(p.s)) == 0);
+		rec[n - 1] ^= 1; /* in the last record's tag */
+		BIO_write(SSL_get_rbio(p.c), rec, n);
+		CHECK(relay_tls_read(p.c, buf, sizeof buf) < 0);
+		CHECK(relay_tls_wrote_after_handshake(p.c));
+		ERR_clear_error();
+	}
+	pair_free(&p);
+out:
 	SSL_CTX_free(cctx);
 	tls_server_free(t);
 }
@@ -1337,6 +1485,7 @@ int main(void)
 		test_sni();
 		test_client_certs();
 		test_ktls_memory();
+		test_relay_tls_watch();
 		test_ktls_sclient();
 		test_kernel();
 	}
