@@ -49,6 +49,10 @@
  * including the ones that carry the Finished is logged as "ktls_client:
  * wire send#K ..." with the TLS records it carried (type/length).
  *
+ * -m plain: no TLS (the inbound leg of the relay cases, so that every
+ * kernel TLS record counted in those runs is an outbound one); -r RCPT:
+ * the recipient (default rcpt@example.com).
+ *
  * Exit: 0 message accepted, 1 failure (TLS, SMTP, I/O), 2 usage. */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -79,6 +83,8 @@ struct opts {
 	const char *host;
 	int port;
 	bool smtps;
+	bool plain;            /* -m plain: no TLS at all (the relay cases' inbound leg) */
+	const char *rcpt;      /* -r: the recipient */
 	const char *version;   /* "1.2", "1.3" or NULL (library default) */
 	const char *cipher;    /* TLS 1.2 cipher list / TLS 1.3 suite */
 	const char *expect;    /* standard name the session must end up with */
@@ -100,6 +106,7 @@ struct opts {
 static struct opts o = {
 	.host = "127.0.0.1",
 	.label = "ktls",
+	.rcpt = "rcpt@example.com",
 	.size = 4096,
 	.seed = 1,
 	.timeout_s = 120,
@@ -694,7 +701,7 @@ static void first_commands(struct conn *c, size_t len)
 	put_line(c, "EHLO client.vm.test");
 	if (o.wire_pipeline) {
 		put_line(c, "MAIL FROM:<sender@example.org> SIZE=%zu", len);
-		put_line(c, "RCPT TO:<rcpt@example.com>");
+		put_line(c, "RCPT TO:<%s>", o.rcpt);
 	}
 }
 
@@ -715,7 +722,11 @@ static int run_session(void)
 	/* -W: the first commands inside TLS are written while the client's
 	 * Finished is still held, and leave with it. */
 	bool piped = o.wire && o.wire_pipeline;
-	if (o.smtps) {
+	if (o.plain) {
+		expect_code(&c, "greeting", 220, NULL, 0);
+		put_line(&c, "EHLO client.vm.test");
+		expect_code(&c, "EHLO", 250, text, sizeof text);
+	} else if (o.smtps) {
 		handshake(&c, ctx);
 		if (o.wire) {
 			first_commands(&c, len);
@@ -756,7 +767,7 @@ static int run_session(void)
 		put_line(&c, "MAIL FROM:<sender@example.org> SIZE=%zu", len);
 	expect_code(&c, "MAIL", 250, NULL, 0);
 	if (!piped)
-		put_line(&c, "RCPT TO:<rcpt@example.com>");
+		put_line(&c, "RCPT TO:<%s>", o.rcpt);
 	expect_code(&c, "RCPT", 250, NULL, 0);
 	put_line(&c, "DATA");
 	expect_code(&c, "DATA", 354, NULL, 0);
@@ -771,13 +782,14 @@ static int run_session(void)
 	put_line(&c, "QUIT");
 	expect_code(&c, "QUIT", 221, NULL, 0);
 	/* close_notify: mxd must see a clean close on the kernel path too. */
-	SSL_shutdown(c.ssl);
+	if (c.ssl)
+		SSL_shutdown(c.ssl);
 	if (c.rbio)
 		wire_flush(&c);
 
 	printf("ktls_client: ok %s lib=%s proto=%s cipher=%s bytes=%zu id=%s\n", o.label, LIBNAME,
-	       SSL_get_version(c.ssl), SSL_CIPHER_standard_name(SSL_get_current_cipher(c.ssl)), len,
-	       id);
+	       c.ssl ? SSL_get_version(c.ssl) : "none",
+	       c.ssl ? SSL_CIPHER_standard_name(SSL_get_current_cipher(c.ssl)) : "none", len, id);
 	SSL_free(c.ssl);
 	close(c.fd);
 	SSL_CTX_free(ctx);
@@ -823,9 +835,9 @@ static int strip_first_header(void)
 static void usage(void)
 {
 	fprintf(stderr,
-		"usage: ktls_client -p PORT [-H ADDR] [-m starttls|smtps] [-V 1.2|1.3] [-c CIPHER]\n"
+		"usage: ktls_client -p PORT [-H ADDR] [-m starttls|smtps|plain] [-V 1.2|1.3] [-c CIPHER]\n"
 		"                   [-e STANDARD_NAME] [-n BYTES] [-s SEED] [-l LABEL] [-o FILE]\n"
-		"                   [-C CAFILE] [-N NAME] [-t SECONDS] [-k]\n"
+		"                   [-C CAFILE] [-N NAME] [-t SECONDS] [-k] [-r RCPT]\n"
 		"                   [-W coalesce|pipeline|keyupdate|split=[R:]N,...]\n"
 		"       ktls_client -S  < spooled-message > message-without-Received\n");
 	exit(2);
@@ -868,13 +880,15 @@ int main(int argc, char **argv)
 	 * not as death by SIGPIPE inside SSL_write. */
 	signal(SIGPIPE, SIG_IGN);
 	int ch;
-	while ((ch = getopt(argc, argv, "p:H:m:V:c:e:n:s:l:o:C:N:t:kW:S")) != -1) {
+	while ((ch = getopt(argc, argv, "p:H:m:V:c:e:n:s:l:o:C:N:t:kW:Sr:")) != -1) {
 		switch (ch) {
 		case 'p': o.port = atoi(optarg); break;
 		case 'H': o.host = optarg; break;
 		case 'm':
 			if (strcmp(optarg, "smtps") == 0)
 				o.smtps = true;
+			else if (strcmp(optarg, "plain") == 0)
+				o.plain = true;
 			else if (strcmp(optarg, "starttls") != 0)
 				usage();
 			break;
@@ -891,6 +905,7 @@ int main(int argc, char **argv)
 		case 'k': o.key_update = true; break;
 		case 'W': parse_wire(optarg); break;
 		case 'S': return strip_first_header();
+		case 'r': o.rcpt = optarg; break;
 		default: usage();
 		}
 	}
