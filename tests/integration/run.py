@@ -8,9 +8,24 @@ and write "PASSED FAILED SKIPPED" to --counts for tools/test to add up.
 import argparse
 import os
 import sys
+import time
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+class TimedResult(unittest.TextTestResult):
+    """Keeps each test's wall-clock time, so the slowest can be listed:
+    the CI budget is kept by knowing where the minutes go."""
+
+    def startTest(self, test):
+        self._started = time.monotonic()
+        super().startTest(test)
+
+    def stopTest(self, test):
+        super().stopTest(test)
+        self.durations = getattr(self, "durations", [])
+        self.durations.append((time.monotonic() - self._started, test.id()))
 
 
 def main():
@@ -26,7 +41,14 @@ def main():
     if args.names:
         loader.testNamePatterns = ["*%s*" % n for n in args.names]
     suite = loader.discover(HERE, pattern=args.pattern, top_level_dir=HERE)
-    result = unittest.TextTestRunner(verbosity=2, stream=sys.stdout, buffer=False).run(suite)
+    t0 = time.monotonic()
+    result = unittest.TextTestRunner(verbosity=2, stream=sys.stdout, buffer=False,
+                                     resultclass=TimedResult).run(suite)
+    slowest = sorted(getattr(result, "durations", []), reverse=True)[:12]
+    if slowest:
+        print("slowest tests (of %.0f s in all):" % (time.monotonic() - t0))
+        for seconds, name in slowest:
+            print("  %6.1f s  %s" % (seconds, name))
 
     # A test can report twice (its body and its cleanup both fail): count
     # tests, not reports.
