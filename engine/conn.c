@@ -15,6 +15,7 @@
 #include "clients.h"
 #include "core.h"
 #include "log.h"
+#include "policy.h"
 #include "proxy.h"
 
 /* Past this much unprocessed input (a client pipelining far ahead while its
@@ -134,21 +135,6 @@ static void view_put(struct core *core, struct core_view *v)
 
 /* ---- peer ---- */
 
-static bool address_is_loopback(const struct sockaddr_storage *ss)
-{
-	if (ss->ss_family == AF_INET) {
-		const struct sockaddr_in *in = (const struct sockaddr_in *)ss;
-		return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
-	}
-	if (ss->ss_family == AF_INET6) {
-		const struct in6_addr *a = &((const struct sockaddr_in6 *)ss)->sin6_addr;
-		if (IN6_IS_ADDR_LOOPBACK(a))
-			return true;
-		return IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127;
-	}
-	return false;
-}
-
 static void peer_set_address(struct smtp_peer *p, const struct sockaddr_storage *ss,
 			     socklen_t len)
 {
@@ -165,7 +151,7 @@ static void peer_set_address(struct smtp_peer *p, const struct sockaddr_storage 
 	} else {
 		snprintf(p->addr_str, sizeof p->addr_str, "unknown");
 	}
-	p->is_local = address_is_loopback(ss);
+	p->is_local = policy_is_loopback(ss);
 }
 
 /* The multishot accept takes no address, so the peer's comes from

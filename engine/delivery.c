@@ -436,16 +436,6 @@ static void seg_add(struct delivery *d, struct dseg *s)
 	*p = s;
 }
 
-static int fsync_dir(const char *dir)
-{
-	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
-		return -1;
-	int rc = fsync(fd);
-	close(fd);
-	return rc;
-}
-
 /* Every message finished, nothing damaged, not being written: the .seg
  * and the .dlv go, then the directory entry removal is made durable. */
 static void seg_maybe_reclaim(struct delivery *d, struct dseg *s)
@@ -464,7 +454,7 @@ static void seg_maybe_reclaim(struct delivery *d, struct dseg *s)
 	}
 	if (unlink(dlv) < 0 && errno != ENOENT)
 		log_error("delivery: cannot remove %s: %s", dlv, strerror(errno));
-	if (fsync_dir(d->dir) < 0)
+	if (spool_fsync_dir(d->dir) < 0)
 		log_error("delivery: fsync %s: %s", d->dir, strerror(errno));
 	log_info("delivery: segment %08" PRIu64 " reclaimed: %zu messages, all finished", s->seq,
 		 s->rp.nmsgs);
@@ -624,7 +614,7 @@ static int dlv_open(struct delivery *d, struct dseg *s)
 	uint8_t h[DLV_HEADER_SIZE];
 	dlv_file_header(h, d->core->index, s->seq);
 	if (pwrite(s->dlv_fd, h, sizeof h, 0) != (ssize_t)sizeof h || fdatasync(s->dlv_fd) < 0 ||
-	    fsync_dir(d->dir) < 0) {
+	    spool_fsync_dir(d->dir) < 0) {
 		log_error("delivery: cannot initialise %s: %s", path, strerror(errno));
 		return -1;
 	}

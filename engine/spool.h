@@ -317,6 +317,10 @@ struct spool_recovery {
  * create the directory when missing. Progress and problems are appended to
  * log as lines. Returns 0, or -1 with a reason in log. */
 int spool_recover(const char *spool_dir, unsigned core, struct spool_recovery *r, struct buf *log);
+
+/* fsync(2) a directory, so an entry made or removed in it is durable.
+ * 0 or -1 with errno. */
+int spool_fsync_dir(const char *path);
 /* The same, leaving segment in_use_seq alone (0: none): it is the one the
  * previous process of a binary upgrade still appends to (see UPGRADE).
  * next_seq is past it. */

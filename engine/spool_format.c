@@ -822,7 +822,7 @@ static int mkdir_p(const char *path, struct buf *log)
 	return 0;
 }
 
-static int fsync_dir(const char *path)
+int spool_fsync_dir(const char *path)
 {
 	int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (fd < 0)
@@ -881,7 +881,7 @@ static int recover_segment(const char *core_dir, unsigned core, uint64_t seq,
 		close(fd);
 		if (size <= SPOOL_SEGMENT_HEADER_SIZE) {
 			/* Created, header never completed: it cannot hold a record. */
-			if (unlink(path) < 0 || fsync_dir(core_dir) < 0) {
+			if (unlink(path) < 0 || spool_fsync_dir(core_dir) < 0) {
 				buf_printf(log, "spool: remove %s: %s\n", path, strerror(errno));
 				return -1;
 			}
@@ -951,7 +951,7 @@ int spool_recover_except(const char *spool_dir, unsigned core, uint64_t in_use_s
 	if (mkdir_p(core_dir, log) < 0)
 		return -1;
 	if (!existed)
-		fsync_dir(spool_dir);
+		spool_fsync_dir(spool_dir);
 
 	uint64_t *seqs;
 	size_t n;

@@ -29,16 +29,6 @@ static uint64_t wall_clock_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-static int fsync_directory(const char *dir)
-{
-	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
-		return -1;
-	int rc = fsync(fd);
-	close(fd);
-	return rc;
-}
-
 /* A new segment is durable — header and directory entry — before any
  * record in it is acknowledged. Rare (once per segment-size bytes), so
  * plain blocking calls are fine here. */
@@ -72,7 +62,7 @@ static int open_segment(struct spool_writer *w)
 	uint8_t header[SPOOL_SEGMENT_HEADER_SIZE];
 	spool_segment_header(header, w->core_index, seq, wall_clock_ns());
 	ssize_t n = pwrite(fd, header, sizeof header, 0);
-	if (n != (ssize_t)sizeof header || fdatasync(fd) < 0 || fsync_directory(w->dir) < 0) {
+	if (n != (ssize_t)sizeof header || fdatasync(fd) < 0 || spool_fsync_dir(w->dir) < 0) {
 		/* a short header write is a full disk too */
 		w->open_errno = n >= 0 && n < (ssize_t)sizeof header ? ENOSPC : errno;
 		log_error("spool: cannot initialise %s: %s", path, strerror(w->open_errno));
