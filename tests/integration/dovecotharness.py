@@ -333,25 +333,12 @@ class Dovecot:
 
     # -- the store ------------------------------------------------------------------
     def message_files(self, user):
-        """Paths of the user's INBOX messages (new/ and cur/), oldest first
-        (Maildir names start with the delivery time)."""
-        paths = []
-        for sub in ("new", "cur"):
-            d = os.path.join(self.maildir(user), sub)
-            try:
-                names = os.listdir(d)
-            except FileNotFoundError:
-                continue
-            paths += [os.path.join(d, n) for n in names if not n.startswith(".")]
-        return sorted(paths, key=lambda p: _maildir_order(os.path.basename(p)))
+        """Paths of the user's INBOX messages, oldest first."""
+        return maildir_files(self.maildir(user))
 
     def messages(self, user):
         """The bytes of every message in the user's INBOX, oldest first."""
-        out = []
-        for p in self.message_files(user):
-            with open(p, "rb") as f:
-                out.append(f.read())
-        return out
+        return read_all(self.message_files(user))
 
     def count(self, user):
         return len(self.message_files(user))
@@ -372,6 +359,28 @@ class Dovecot:
                                      % (self.name, got, user, timeout * SLOW, n,
                                         ("\n" + what()) if what else "", self.log_text(3000)))
             time.sleep(0.05)
+
+
+def maildir_files(maildir):
+    """Paths of the messages in a Maildir (new/ and cur/), oldest first
+    (Maildir names start with the delivery time)."""
+    paths = []
+    for sub in ("new", "cur"):
+        d = os.path.join(maildir, sub)
+        try:
+            names = os.listdir(d)
+        except FileNotFoundError:
+            continue
+        paths += [os.path.join(d, n) for n in names if not n.startswith(".")]
+    return sorted(paths, key=lambda p: _maildir_order(os.path.basename(p)))
+
+
+def read_all(paths):
+    out = []
+    for p in paths:
+        with open(p, "rb") as f:
+            out.append(f.read())
+    return out
 
 
 def _maildir_order(name):

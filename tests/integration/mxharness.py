@@ -34,6 +34,10 @@ def _bin(env, default):
 
 MXD_BIN = _bin("MXD_BIN", "build/bin/mxd")
 MXSPOOL_BIN = _bin("MXSPOOL_BIN", "build/bin/mxspool")
+# mxd built with -DMXD_TEST_HOOKS=ON (tools/build --hooks); tests that need
+# it skip when it is missing, unless MXD_HOOKS_REQUIRED=1 (tools/test)
+HOOKS_BIN = _bin("MXD_HOOKS_BIN", "build-hooks/bin/mxd")
+HOOKS_REQUIRED = os.environ.get("MXD_HOOKS_REQUIRED") == "1"
 SLOW = float(os.environ.get("MXD_TEST_SLOW", "1"))
 LOGDIR = os.environ.get("MXD_TEST_LOGDIR")
 

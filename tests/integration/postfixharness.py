@@ -41,7 +41,7 @@ import subprocess
 import time
 
 from mxharness import SLOW, _read_line, free_port
-from dovecotharness import _maildir_order, split_store_headers as _split
+from dovecotharness import maildir_files, read_all, split_store_headers as _split
 from relayharness import traversable
 
 POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
@@ -313,23 +313,11 @@ class Postfix:
         return os.path.join(self.mail, domain, user)
 
     def message_files(self, address):
-        paths = []
-        for sub in ("new", "cur"):
-            d = os.path.join(self.maildir(address), sub)
-            try:
-                names = os.listdir(d)
-            except FileNotFoundError:
-                continue
-            paths += [os.path.join(d, n) for n in names if not n.startswith(".")]
-        return sorted(paths, key=lambda p: _maildir_order(os.path.basename(p)))
+        return maildir_files(self.maildir(address))
 
     def messages(self, address):
         """Bytes of every message delivered to address, oldest first."""
-        out = []
-        for p in self.message_files(address):
-            with open(p, "rb") as f:
-                out.append(f.read())
-        return out
+        return read_all(self.message_files(address))
 
     def count(self, address):
         return len(self.message_files(address))

@@ -54,20 +54,12 @@ import threading
 import time
 import unittest
 
-from mxharness import (CRLF, LOGDIR, MXSPOOL_BIN, ROOT, SLOW, Mxd, MxdTestCase, RawSmtp,
-                       mxspool, spool_export, spool_ids, spool_list_lines, spool_verify,
-                       split_received)
+from mxharness import (CRLF, HOOKS_BIN, HOOKS_REQUIRED, LOGDIR, MXSPOOL_BIN, SLOW, Mxd,
+                       MxdTestCase, RawSmtp, mxspool, spool_export, spool_ids, spool_list_lines,
+                       spool_verify, split_received)
 import mxharness
 
-
-def _path(env, default):
-    p = os.environ.get(env, default)
-    return p if os.path.isabs(p) else os.path.join(ROOT, p)
-
-
-HOOKS_BIN = _path("MXD_HOOKS_BIN", "build-hooks/bin/mxd")
-HOOKS_REQUIRED = os.environ.get("MXD_HOOKS_REQUIRED") == "1"
-VALGRIND_MXSPOOL = _path("MXD_VALGRIND_MXSPOOL", "build/bin/mxspool")
+VALGRIND_MXSPOOL = mxharness._bin("MXD_VALGRIND_MXSPOOL", "build/bin/mxspool")
 RECOVERY_MESSAGES = int(os.environ.get("MXD_FAULTS_RECOVERY_MESSAGES", "100000"))
 SMTP_SOURCE = shutil.which("smtp-source") or (
     "/usr/sbin/smtp-source" if os.path.exists("/usr/sbin/smtp-source") else None)

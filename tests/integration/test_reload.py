@@ -17,18 +17,9 @@ import subprocess
 import threading
 import time
 
-from mxharness import (LOGDIR, ROOT, SLOW, Mxd, MxdTestCase, RawSmtp, _read_line, free_port,
-                       make_config)
+from mxharness import (HOOKS_BIN, HOOKS_REQUIRED, LOGDIR, SLOW, Mxd, MxdTestCase, RawSmtp,
+                       _read_line, free_port, make_config)
 import mxharness
-
-
-def _path(env, default):
-    p = os.environ.get(env, default)
-    return p if os.path.isabs(p) else os.path.join(ROOT, p)
-
-
-HOOKS_BIN = _path("MXD_HOOKS_BIN", "build-hooks/bin/mxd")
-HOOKS_REQUIRED = os.environ.get("MXD_HOOKS_REQUIRED") == "1"
 
 
 class EnvMxd(Mxd):
